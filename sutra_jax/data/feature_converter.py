@@ -1,0 +1,191 @@
+"""Converts task examples into packed decoder-only model features.
+
+Every example becomes one decoder sequence: its `inputs` tokens (the source
+side of a translation, empty for monolingual text) followed by its `targets`
+tokens. The sequence is truncated to the model length L, and with packing
+several sequences share one row of length L.
+
+Model features, all of shape [L] per example:
+
+* `decoder_target_tokens` (int32): the tokens, 0 on padding.
+* `decoder_input_tokens` (int32): the targets shifted right by one within each
+  packed segment, with 0 (BOS) at the first position of a segment.
+* `decoder_loss_weights` (float32): 1 on `targets` tokens, 0 on `inputs`
+  tokens and padding.
+* `decoder_segment_ids` (int32): 1, 2, ... for the packed examples, 0 on
+  padding.
+* `decoder_positions` (int32): the position within the segment, from 0.
+* `decoder_language_ids` (int32): the language id of the token that position
+  t predicts, which is the language of `decoder_target_tokens[t]`.
+* `encoder_language_ids` (int32): the language id of the input token at
+  position t, which is the language of `decoder_input_tokens[t]`. The BOS at
+  a segment start takes the language of the segment's first token.
+
+Both language-id features are 0 on padding. For a translation example with
+source tokens s_0 .. s_{n-1} (ending with EOS) and target tokens t_0 .. t_{m-1}:
+
+    position t              0    1   ...  n-1      n      n+1  ...
+    decoder_input_tokens    BOS  s_0 ...  s_{n-2}  s_{n-1}  t_0  ...
+    decoder_target_tokens   s_0  s_1 ...  s_{n-1}  t_0      t_1  ...
+    encoder_language_ids    src  src ...  src      src      tgt  ...
+    decoder_language_ids    src  src ...  src      tgt      tgt  ...
+    decoder_loss_weights    0    0   ...  0        1        1    ...
+
+The decoder stream switches to the target language at position n, one
+position before the encoder stream, because position n reads the last source
+token and predicts the first target token.
+"""
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+from sutra_jax.languages import LanguageTable
+
+_Spec = seqio.FeatureConverter.FeatureSpec
+
+# Packing in seqio measures each feature by its count of non-zero values, so
+# the per-token language and loss features travel shifted by one to stay
+# non-zero, and are shifted back after packing.
+_LANGUAGE_PLUS_ONE = "token_language_plus_one"
+_LOSS_PLUS_ONE = "loss_weight_plus_one"
+
+
+class SutraFeatureConverter(seqio.FeatureConverter):
+  """Packs `inputs` + `targets` into decoder features with language ids.
+
+  The task dataset needs the int32 features `inputs` and `targets` and the
+  string scalars `inputs_language` and `targets_language`, which must be codes
+  of `language_table`. The model length is the `targets` entry of
+  `task_feature_lengths`. The `inputs` entry only bounds the source side, and
+  a concatenated example longer than the model length loses its end.
+
+  Unlike seqio's own converters, this one emits `decoder_segment_ids` and
+  `decoder_positions` without packing too (one segment per row), so the model
+  receives the same features either way.
+  """
+
+  TASK_FEATURES = {
+      "inputs": _Spec(dtype=tf.int32),
+      "targets": _Spec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {
+      "decoder_target_tokens": _Spec(dtype=tf.int32),
+      "decoder_input_tokens": _Spec(dtype=tf.int32),
+      "decoder_loss_weights": _Spec(dtype=tf.float32),
+      "decoder_segment_ids": _Spec(dtype=tf.int32),
+      "decoder_positions": _Spec(dtype=tf.int32),
+      "encoder_language_ids": _Spec(dtype=tf.int32),
+      "decoder_language_ids": _Spec(dtype=tf.int32),
+  }
+  # Segment ids and positions are in MODEL_FEATURES, so nothing is added here.
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, language_table: LanguageTable, pack: bool = True,
+               **kwargs):
+    """Initializes the converter.
+
+    Args:
+      language_table: maps the language codes of the examples to ids.
+      pack: pack several examples into one row.
+      **kwargs: other `seqio.FeatureConverter` arguments.
+    """
+    super().__init__(pack=pack, **kwargs)
+    self._language_table = language_table
+
+  @property
+  def language_table(self) -> LanguageTable:
+    return self._language_table
+
+  def _language_lookup(self) -> tf.lookup.StaticHashTable:
+    codes = list(self._language_table.codes)
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(codes, dtype=tf.string),
+            tf.range(len(codes), dtype=tf.int32)),
+        default_value=-1)
+
+  def _check_language_features(self, ds: tf.data.Dataset) -> None:
+    for key in ("inputs_language", "targets_language"):
+      spec = ds.element_spec.get(key)
+      if spec is None or spec.dtype != tf.string or spec.shape.rank != 0:
+        raise ValueError(
+            f"SutraFeatureConverter needs a string scalar feature {key!r}; "
+            f"the dataset has {spec}. Register the task with "
+            "sutra_jax.data.tasks or add the feature in a preprocessor")
+
+  def _concatenate(self, example, lookup):
+    """Joins inputs and targets and adds the per-token helper features."""
+    inputs = example["inputs"]
+    targets = example["targets"]
+    source_id = lookup.lookup(example["inputs_language"])
+    target_id = lookup.lookup(example["targets_language"])
+    with tf.control_dependencies([
+        tf.debugging.assert_non_negative(
+            tf.stack([source_id, target_id]),
+            message="an example's language code is not in the LanguageTable; "
+            "add it to language_table.languages"),
+    ]):
+      num_inputs = tf.size(inputs)
+      num_targets = tf.size(targets)
+      return {
+          "targets": tf.concat([inputs, targets], axis=0),
+          _LANGUAGE_PLUS_ONE: tf.concat(
+              [tf.fill([num_inputs], source_id + 1),
+               tf.fill([num_targets], target_id + 1)], axis=0),
+          _LOSS_PLUS_ONE: tf.concat(
+              [tf.fill([num_inputs], 1), tf.fill([num_targets], 2)], axis=0),
+      }
+
+  def _convert_example(self, packed: Mapping[str, tf.Tensor]):
+    """Builds the model features of one packed or padded row."""
+    targets = packed["targets"]
+    if self.pack:
+      segment_ids = packed["targets_segment_ids"]
+      positions = packed["targets_positions"]
+    else:
+      segment_ids = tf.cast(tf.not_equal(targets, 0), tf.int32)
+      positions = tf.range(tf.size(targets), dtype=tf.int32) * segment_ids
+    is_token = segment_ids > 0
+
+    decoder_language = tf.where(is_token, packed[_LANGUAGE_PLUS_ONE] - 1, 0)
+    # The shifted stream has 0 at each segment start; there the input is BOS,
+    # which takes the language of the segment's first target token.
+    shifted_language = seqio.utils.make_autoregressive_inputs(
+        decoder_language, sequence_id=segment_ids)
+    is_segment_start = tf.logical_and(is_token, tf.equal(positions, 0))
+    encoder_language = tf.where(is_segment_start, decoder_language,
+                                shifted_language)
+    loss_weights = tf.where(is_token, packed[_LOSS_PLUS_ONE] - 1, 0)
+
+    return {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(
+            targets, sequence_id=segment_ids, bos_id=self.bos_id),
+        "decoder_loss_weights": tf.cast(loss_weights, tf.float32),
+        "decoder_segment_ids": segment_ids,
+        "decoder_positions": positions,
+        "encoder_language_ids": encoder_language,
+        "decoder_language_ids": decoder_language,
+    }
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]
+                        ) -> tf.data.Dataset:
+    self._check_language_features(ds)
+    lookup = self._language_lookup()
+    ds = ds.map(lambda ex: self._concatenate(ex, lookup),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    length = task_feature_lengths["targets"]
+    ds = self._pack_or_pad(ds, {
+        "targets": length,
+        _LANGUAGE_PLUS_ONE: length,
+        _LOSS_PLUS_ONE: length,
+    })
+    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(
+      self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    length = task_feature_lengths["targets"]
+    return {name: length for name in self.MODEL_FEATURES}
