@@ -1,0 +1,160 @@
+"""Language-routed transformer blocks: the encoder and decoder of each language.
+
+A `LanguageBlock` is a pre-norm transformer block (RMSNorm, grouped-query
+attention, RMSNorm, SwiGLU MLP) whose weights all carry a leading
+`language_groups` axis G. Every token uses the weights of its language group,
+chosen deterministically from its language id. The projections run through
+`grouped.GroupRouting`, so a batch that mixes many languages costs the same
+as a batch of one: each token is multiplied only by its own group's weights.
+
+A `LanguageStack` computes the routing of its id stream once per forward
+pass and shares it with all of its blocks.
+"""
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from sutra_jax.models import grouped
+from sutra_jax.models.config import ModelConfig
+from sutra_jax.models.layers import kernel_init, make_param, rms_norm
+from sutra_jax.models.layers import rotary_attention
+
+
+class LanguageBlock(nnx.Module):
+  """A pre-norm transformer block with one set of weights per language group.
+
+  Parameters, with G language groups and F = `mlp_dim`:
+    attention_norm, mlp_norm: [G, D]
+    query: [G, D, H, Dh]
+    key, value: [G, D, K, Dh]
+    out: [G, H, Dh, D]
+    gate, up: [G, D, F]
+    down: [G, F, D]
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    g, d, f = config.num_language_groups, config.d_model, config.mlp_dim
+    h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
+    dtype = config.weight_dtype
+    norm_names = ("language_groups", "norm")
+    self.attention_norm = make_param(rngs, nnx.initializers.ones, (g, d),
+                                     norm_names, dtype)
+    in_init = kernel_init(in_axis=1, out_axis=(2, 3), batch_axis=(0,))
+    self.query = make_param(rngs, in_init, (g, d, h, dh),
+                            ("language_groups", "embed", "heads", "head_dim"),
+                            dtype)
+    kv_names = ("language_groups", "embed", "kv_heads", "head_dim")
+    self.key = make_param(rngs, in_init, (g, d, k, dh), kv_names, dtype)
+    self.value = make_param(rngs, in_init, (g, d, k, dh), kv_names, dtype)
+    self.out = make_param(
+        rngs, kernel_init(in_axis=(1, 2), out_axis=3, batch_axis=(0,)),
+        (g, h, dh, d), ("language_groups", "heads", "head_dim", "embed"),
+        dtype)
+    self.mlp_norm = make_param(rngs, nnx.initializers.ones, (g, d),
+                               norm_names, dtype)
+    mlp_init = kernel_init(in_axis=1, out_axis=2, batch_axis=(0,))
+    self.gate = make_param(rngs, mlp_init, (g, d, f),
+                           ("language_groups", "embed", "mlp"), dtype)
+    self.up = make_param(rngs, mlp_init, (g, d, f),
+                         ("language_groups", "embed", "mlp"), dtype)
+    self.down = make_param(rngs, mlp_init, (g, f, d),
+                           ("language_groups", "mlp", "embed"), dtype)
+    self.norm_eps = config.norm_eps
+    self.rope_theta = config.rope_theta
+    self.dtype = config.activation_dtype
+
+  def __call__(self, x: jax.Array, routing: grouped.GroupRouting,
+               segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: [B, L, D] activations.
+      routing: the routing of the B * L tokens, flattened row-major.
+      segment_ids: [B, L], 0 for padding.
+      positions: [B, L] rotary positions.
+
+    Returns:
+      [B, L, D].
+    """
+    batch, length, d_model = x.shape
+    x = x.reshape(batch * length, d_model).astype(self.dtype)
+    heads = self._attention(x, routing, segment_ids, positions)
+    x = x + self._project_out(heads, routing)
+    x = x + self._mlp(x, routing)
+    return x.reshape(batch, length, d_model)
+
+  def _norm(self, x, scale, routing):
+    return rms_norm(x, routing.gather(scale[...]), self.norm_eps, self.dtype)
+
+  def _attention(self, x, routing, segment_ids, positions):
+    """Computes the attention heads [B, L, H, Dh] of the flat tokens [N, D]."""
+    batch, length = segment_ids.shape
+    normed = routing.sort(self._norm(x, self.attention_norm, routing))
+
+    def project(weights):
+      # [G, D, heads, Dh] -> [G, D, heads * Dh] for the 2-D grouped matmul.
+      g, d, num, dh = weights.shape
+      flat = routing.matmul_sorted(normed, weights.reshape(g, d, num * dh))
+      return routing.unsort(flat).reshape(batch, length, num, dh)
+
+    return rotary_attention(project(self.query[...]), project(self.key[...]),
+                            project(self.value[...]), segment_ids, positions,
+                            self.rope_theta)
+
+  def _project_out(self, heads, routing):
+    """Maps heads [B, L, H, Dh] to the flat residual update [N, D]."""
+    g, h, dh, d = self.out[...].shape
+    flat = heads.reshape(-1, h * dh).astype(self.dtype)
+    return routing.apply(flat, self.out[...].reshape(g, h * dh, d))
+
+  def _mlp(self, x, routing):
+    normed = routing.sort(self._norm(x, self.mlp_norm, routing))
+    gate = routing.matmul_sorted(normed, self.gate[...])
+    up = routing.matmul_sorted(normed, self.up[...])
+    return routing.unsort(
+        routing.matmul_sorted(jax.nn.silu(gate) * up, self.down[...]))
+
+
+class LanguageStack(nnx.Module):
+  """The language encoder or decoder: `num_layers` language blocks.
+
+  Parameters live under `layers/<i>/`.
+  """
+
+  def __init__(self, config: ModelConfig, num_layers: int, *,
+               rngs: nnx.Rngs):
+    self.layers = nnx.List(
+        [LanguageBlock(config, rngs=rngs) for _ in range(num_layers)])
+    # Static lookup table: language id -> group id.
+    self.language_group_ids = tuple(config.language_group_ids)
+    self.num_language_groups = config.num_language_groups
+    self.remat = config.remat
+
+  def routing(self, language_ids: jax.Array) -> grouped.GroupRouting:
+    """Routes the flattened [B, L] language ids to their groups.
+
+    Language ids outside the table map to no group: the blocks then add
+    zero to those tokens, which pass through unchanged.
+    """
+    table = jnp.asarray(self.language_group_ids, dtype=jnp.int32)
+    group_ids = jnp.take(table, language_ids.reshape(-1), mode="fill",
+                         fill_value=-1)
+    return grouped.make_routing(group_ids, self.num_language_groups)
+
+  def __call__(self, x: jax.Array, language_ids: jax.Array,
+               segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+    """Maps [B, L, D] to [B, L, D], routing token t by `language_ids[t]`."""
+    if not self.layers:
+      return x
+    routing = self.routing(language_ids)
+    for layer in self.layers:
+      if self.remat:
+        x = nnx.remat(_apply_block)(layer, x, routing, segment_ids, positions)
+      else:
+        x = layer(x, routing, segment_ids, positions)
+    return x
+
+
+def _apply_block(block, x, routing, segment_ids, positions):
+  return block(x, routing, segment_ids, positions)
