@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from sutra_jax.errors import ConfigError
 from sutra_jax.languages import LanguageTable
+from sutra_jax.models import grouped
 
 # Activation and parameter dtypes that the layers support, by gin name.
 DTYPES = ("float32", "bfloat16")
@@ -59,6 +60,9 @@ class ModelConfig:
       instead of a separate `lm_head`.
     remat: recompute each layer's activations in the backward pass
       (`nnx.remat`), trading compute for memory.
+    grouped_matmul: implementation of the grouped matmuls of the language
+      blocks and experts: 'ragged_dot', 'tiled', or 'auto' (tiled on CPU,
+      where jax 0.10.2 lowers ragged_dot to one dense matmul per group).
   """
 
   vocab_size: int
@@ -81,6 +85,7 @@ class ModelConfig:
   language_group_ids: tuple[int, ...] = (0,)
   tie_embeddings: bool = False
   remat: bool = False
+  grouped_matmul: str = "auto"
 
   def __post_init__(self):
     # Gin passes lists for tuple-valued bindings, so convert them to keep the
@@ -134,6 +139,10 @@ def _validate(config: ModelConfig) -> None:
     if value not in DTYPES:
       raise ConfigError(f"invalid ModelConfig.{name} = {value!r}: expected "
                         f"one of {', '.join(DTYPES)}")
+  if config.grouped_matmul not in grouped.IMPLEMENTATIONS:
+    raise ConfigError(
+        f"invalid ModelConfig.grouped_matmul = {config.grouped_matmul!r}: "
+        f"expected one of {', '.join(grouped.IMPLEMENTATIONS)}")
   if not config.rope_theta > 0 or not config.norm_eps > 0:
     raise ConfigError(
         f"invalid ModelConfig.rope_theta = {config.rope_theta!r} or norm_eps "

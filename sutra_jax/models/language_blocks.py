@@ -130,6 +130,7 @@ class LanguageStack(nnx.Module):
     self.language_group_ids = tuple(config.language_group_ids)
     self.num_language_groups = config.num_language_groups
     self.remat = config.remat
+    self.grouped_matmul = config.grouped_matmul
 
   def routing(self, language_ids: jax.Array) -> grouped.GroupRouting:
     """Routes the flattened [B, L] language ids to their groups.
@@ -140,7 +141,8 @@ class LanguageStack(nnx.Module):
     table = jnp.asarray(self.language_group_ids, dtype=jnp.int32)
     group_ids = jnp.take(table, language_ids.reshape(-1), mode="fill",
                          fill_value=-1)
-    return grouped.make_routing(group_ids, self.num_language_groups)
+    return grouped.make_routing(group_ids, self.num_language_groups,
+                                self.grouped_matmul)
 
   def __call__(self, x: jax.Array, language_ids: jax.Array,
                segment_ids: jax.Array, positions: jax.Array) -> jax.Array:

@@ -141,6 +141,7 @@ class MoE(nnx.Module):
                            ("experts", "mlp", "embed"), param_dtype)
     self.num_experts = e
     self.experts_per_token = config.experts_per_token
+    self.grouped_matmul = config.grouped_matmul
     self.dtype = config.activation_dtype
 
   def __call__(self, x: jax.Array,
@@ -176,7 +177,8 @@ class MoE(nnx.Module):
     """Runs each of the N * k token copies through its expert: [N, k, D]."""
     k = self.experts_per_token
     # Copies are token-major: slot n * k + j is token n's j-th choice.
-    routing = grouped.make_routing(experts.reshape(-1), self.num_experts)
+    routing = grouped.make_routing(experts.reshape(-1), self.num_experts,
+                                   self.grouped_matmul)
     copies = routing.sort(jnp.repeat(tokens, k, axis=0))
     gate = routing.matmul_sorted(copies, self.gate[...])
     up = routing.matmul_sorted(copies, self.up[...])

@@ -24,11 +24,16 @@ def _random_problem(seed, rows, groups, d_in=8, d_out=5):
   return x, weights
 
 
-def test_apply_matches_per_row_loop_with_empty_groups():
+IMPLEMENTATIONS = ("ragged_dot", "tiled")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_apply_matches_per_row_loop_with_empty_groups(implementation):
   x, weights = _random_problem(0, rows=11, groups=5)
   # Groups 1 and 4 get no rows, and the ids are deliberately unsorted.
   group_ids = np.array([3, 0, 2, 3, 0, 0, 2, 3, 3, 2, 0])
-  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=5)
+  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=5,
+                                 implementation=implementation)
 
   out = jax.jit(routing.apply)(jnp.asarray(x), jnp.asarray(weights))
 
@@ -48,10 +53,12 @@ def test_routing_sort_is_stable_and_inverse():
                                 np.array([1, 4, 3, 0, 2, 5], np.float32))
 
 
-def test_out_of_range_ids_give_zero_rows():
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_out_of_range_ids_give_zero_rows(implementation):
   x, weights = _random_problem(1, rows=6, groups=3)
   group_ids = np.array([0, -1, 2, 3, 1, 7])
-  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=3)
+  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=3,
+                                 implementation=implementation)
 
   out = routing.apply(jnp.asarray(x), jnp.asarray(weights))
 
@@ -89,3 +96,47 @@ def test_gradient_matches_per_row_loop():
 def test_make_routing_rejects_2d_ids():
   with pytest.raises(ValueError, match="flatten"):
     grouped.make_routing(jnp.zeros((2, 3), jnp.int32), num_groups=2)
+
+
+@pytest.mark.parametrize("rows,groups", [(64, 8), (512, 28), (37, 3), (5, 9)])
+def test_tiled_matches_loop_and_ragged_dot(rows, groups):
+  x, weights = _random_problem(rows + groups, rows=rows, groups=groups)
+  rng = np.random.default_rng(rows)
+  # Skewed ids: one large group, a few small ones, some groups empty.
+  group_ids = np.where(rng.random(rows) < 0.6, 0,
+                       rng.integers(0, groups, rows))
+  ids = jnp.asarray(group_ids)
+  tiled = grouped.make_routing(ids, groups, implementation="tiled")
+  native = grouped.make_routing(ids, groups, implementation="ragged_dot")
+
+  out = jax.jit(tiled.apply)(jnp.asarray(x), jnp.asarray(weights))
+
+  reference = _per_row_reference(x, weights, group_ids)
+  np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out, native.apply(x, weights), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_tiled_gradients_match_ragged_dot():
+  x, weights = _random_problem(7, rows=40, groups=6)
+  ids = jnp.asarray(np.random.default_rng(7).integers(0, 6, 40))
+
+  def loss(implementation, x, w):
+    routing = grouped.make_routing(ids, 6, implementation=implementation)
+    return jnp.sum(jnp.sin(routing.apply(x, w)))
+
+  tiled = jax.grad(lambda x, w: loss("tiled", x, w), argnums=(0, 1))(
+      x, weights)
+  native = jax.grad(lambda x, w: loss("ragged_dot", x, w), argnums=(0, 1))(
+      x, weights)
+  for got, expected in zip(tiled, native):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tile_rows_bounds_padding():
+  assert grouped.tile_rows_for(1024, 8) == 32
+  assert grouped.tile_rows_for(512, 28) == 4
+  assert grouped.tile_rows_for(10, 28) == 1
+  for rows, groups in [(1024, 8), (512, 28), (4096, 3)]:
+    tile = grouped.tile_rows_for(rows, groups)
+    assert groups * (tile - 1) <= rows / 4

@@ -13,6 +13,20 @@ from sutra_jax.models.sutra import SutraModel
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
+
+def _assert_vectors_close(actual, desired, rtol=1e-5):
+  """Checks ||actual - desired|| <= rtol * ||desired|| for every token vector.
+
+  Packing changes which rows share a matmul tile, so XLA may sum in another
+  order. Elementwise tolerances then fail on entries near zero of vectors
+  whose norm is large (core hidden states reach about 30).
+  """
+  actual = np.asarray(actual, np.float64)
+  desired = np.asarray(desired, np.float64)
+  error = np.linalg.norm(actual - desired, axis=-1)
+  scale = np.linalg.norm(desired, axis=-1)
+  assert np.all(error <= rtol * scale), (error / scale).max()
+
 # Four languages in three groups.
 CONFIG = ModelConfig(
     vocab_size=48, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8,
@@ -83,10 +97,9 @@ def test_packed_rows_equal_separate_rows(model):
     return _forward(model, tokens[:, start:stop], languages[:, start:stop],
                     languages[:, start:stop], *_unpacked(2, stop - start))
 
-  np.testing.assert_allclose(packed.logits[:, :3], alone(0, 3).logits, **TOL)
-  np.testing.assert_allclose(packed.logits[:, 3:], alone(3, 6).logits, **TOL)
-  np.testing.assert_allclose(packed.core_hidden[:, 3:],
-                             alone(3, 6).core_hidden, **TOL)
+  _assert_vectors_close(packed.logits[:, :3], alone(0, 3).logits)
+  _assert_vectors_close(packed.logits[:, 3:], alone(3, 6).logits)
+  _assert_vectors_close(packed.core_hidden[:, 3:], alone(3, 6).core_hidden)
 
 
 def test_positions_change_the_output(model):
