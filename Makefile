@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 

@@ -1,5 +1,6 @@
 """Shared start-up for the command-line entry points."""
 
+import logging as logging_std
 import os
 import sys
 from typing import Callable, Sequence
@@ -21,9 +22,36 @@ def define_gin_flags() -> None:
       "repeat for several.")
 
 
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO records of libraries that log every file they touch."""
+
+  _NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}gin{os.sep}",
+            f"{os.sep}seqio{os.sep}")
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    if (f"{os.sep}orbax{os.sep}" in record.pathname and
+        record.levelno <= logging_std.WARNING):
+      # orbax warns on every read-only open of a checkpoint folder.
+      return False
+    if record.levelno > logging_std.INFO:
+      # gin logs a failed lookup of each search path as an error, even when
+      # a later path has the file.
+      return not (f"{os.sep}gin{os.sep}" in record.pathname and
+                  record.getMessage().startswith("Path not found"))
+    return not any(part in record.pathname for part in self._NOISY)
+
+
 def quiet_native_logs() -> None:
-  """Silences TensorFlow's C++ start-up chatter unless the user set it."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  """Silences library start-up chatter unless the user set the levels."""
+  # Level 3 also hides TensorFlow's failed CUDA probe, which is harmless
+  # because TensorFlow only runs the input pipeline.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  try:
+    import sentencepiece  # pylint: disable=g-import-not-at-top
+    sentencepiece.set_min_log_level(1)
+  except (ImportError, AttributeError):
+    pass
 
 
 def run_main(main: Callable[[Sequence[str]], int | None]) -> None:
@@ -34,7 +62,11 @@ def run_main(main: Callable[[Sequence[str]], int | None]) -> None:
       return main(argv)
     except UserError as e:
       logging.flush()
-      print(f"error: {e}", file=sys.stderr)
+      # Gin appends "In call to configurable ..." lines to errors raised
+      # inside a configurable, so print the message's first line only.
+      message = str(e).strip().splitlines()
+      print(f"error: {message[0] if message else type(e).__name__}",
+            file=sys.stderr)
       sys.exit(2)
 
   quiet_native_logs()

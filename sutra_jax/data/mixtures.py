@@ -37,7 +37,7 @@ DEFAULT_TEMPERATURE = 1 / 0.3
 LEXICON_KINDS = ("lexicon_from_en", "lexicon_to_en")
 
 
-def _sample_fn():
+def skip_exhausted_sampler():
   """Returns a sampler that skips exhausted datasets.
 
   seqio's default sampler ends the mixture at the first exhausted task.
@@ -154,7 +154,7 @@ def register_mixture(
     logging.info("Mixture %s: %s has %d train examples, rate %.4f", name,
                  task_name, sizes[task_name], rate)
   return seqio.MixtureRegistry.add(name, list(rates.items()),
-                                   sample_fn=_sample_fn())
+                                   sample_fn=skip_exhausted_sampler())
 
 
 def _check_demo_codes(codes: Sequence[str], available: Sequence[str],
