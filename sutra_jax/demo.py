@@ -42,7 +42,10 @@ _VOCAB_SIZE = flags.DEFINE_integer(
     "vocab_size", 8000, "SentencePiece vocabulary size. The corpus has about "
     "3,760 distinct characters, so sizes below about 4000 are rejected.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 24,
-                                       "Tokens generated per sample.")
+                                       "Maximum tokens generated per sample.")
+_MIN_NEW_TOKENS = flags.DEFINE_integer(
+    "min_new_tokens", 4, "Tokens generated per sample before the end of the "
+    "turn may be chosen; the tiny model otherwise often ends at once.")
 common.define_gin_flags()
 
 
@@ -102,7 +105,8 @@ def evaluate(run: loading.LoadedRun) -> dict[str, float]:
   return {code: r["perplexity"] for code, r in results.items()}
 
 
-def decode_samples(run: loading.LoadedRun, max_new_tokens: int) -> list[dict]:
+def decode_samples(run: loading.LoadedRun, max_new_tokens: int,
+                   min_new_tokens: int) -> list[dict]:
   """Greedily answers the first held-out user turn of a few languages."""
   vocabulary = run.vocabulary
   table = run.language_table
@@ -118,7 +122,8 @@ def decode_samples(run: loading.LoadedRun, max_new_tokens: int) -> list[dict]:
       vocabulary.encode(marker)[-1] for marker in chat.MARKERS]
   outputs = generate.greedy_generate(run.model, requests,
                                      max_new_tokens=max_new_tokens,
-                                     stop_ids=stop_ids)
+                                     stop_ids=stop_ids,
+                                     min_new_tokens=min_new_tokens)
   samples = []
   for (prompt_language, output_language), prompt, ids in zip(
       SAMPLE_LANGUAGES, prompts, outputs):
@@ -142,7 +147,8 @@ def main(argv: Sequence[str]) -> int:
   report = {
       "phases": phases,
       "eval": {"per_language_perplexity": evaluate(run)},
-      "samples": decode_samples(run, _MAX_NEW_TOKENS.value),
+      "samples": decode_samples(run, _MAX_NEW_TOKENS.value,
+                                _MIN_NEW_TOKENS.value),
       "tokenizer": {
           "vocab_size": run.vocabulary.vocab_size,
           "tokens_per_word": tokenizer_train.tokens_per_word(

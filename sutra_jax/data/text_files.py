@@ -1,6 +1,6 @@
 """seqio Tasks over a folder of plain-text files, one file per language.
 
-The folder holds `<code>.txt` files (for example `hi.txt`, `zh-Hant.txt`),
+The folder contains `<code>.txt` files (for example `hi.txt`, `zh-Hant.txt`),
 UTF-8, one example per line; empty lines are skipped. Each file becomes a
 monolingual task named `text_<code>.<folder key>.vocab_<key>` whose only split
 is `split`, so held-out text can be evaluated with the same features as

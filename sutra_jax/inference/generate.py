@@ -62,19 +62,20 @@ def _initial_buffers(requests: Sequence[Request], length: int):
   return tokens, encoder_ids, decoder_ids, prompt_lengths
 
 
-@nnx.jit(static_argnames=("max_new_tokens",))
+@nnx.jit(static_argnames=("max_new_tokens", "min_new_tokens"))
 def _greedy_loop(model, tokens, encoder_ids, decoder_ids, lengths, stop_ids,
-                 max_new_tokens: int):
+                 max_new_tokens: int, min_new_tokens: int):
   """Appends up to `max_new_tokens` greedy tokens to each row of `tokens`.
 
   Args:
     model: a SutraModel.
-    tokens: [B, T] int32 input buffer; row b holds `lengths[b]` real tokens.
+    tokens: [B, T] int32 input buffer; row b contains `lengths[b]` real tokens.
     encoder_ids: [B, T] encoder language ids.
     decoder_ids: [B, T] decoder language ids.
     lengths: [B] number of real tokens per row.
     stop_ids: [S] token ids that end a row (EOS, chat markers).
     max_new_tokens: maximum number of tokens appended per row.
+    min_new_tokens: stop tokens cannot be chosen before this many tokens.
 
   Returns:
     (tokens, lengths) after generation; generated stop tokens are kept.
@@ -95,6 +96,9 @@ def _greedy_loop(model, tokens, encoder_ids, decoder_ids, lengths, stop_ids,
                    decoder_language_ids=decoder_ids, segment_ids=segment_ids,
                    positions=positions)
     last_logits = output.logits[rows, lengths - 1]
+    vocabulary_ids = jnp.arange(last_logits.shape[-1])
+    blocked = jnp.isin(vocabulary_ids, stop_ids) & (step < min_new_tokens)
+    last_logits = jnp.where(blocked, -jnp.inf, last_logits)
     next_ids = jnp.argmax(last_logits, axis=-1).astype(jnp.int32)
     write = ~done & (lengths < total)
     tokens = tokens.at[rows, jnp.minimum(lengths, total - 1)].set(
@@ -112,7 +116,8 @@ def _greedy_loop(model, tokens, encoder_ids, decoder_ids, lengths, stop_ids,
 
 def greedy_generate(model, requests: Sequence[Request], *,
                     max_new_tokens: int,
-                    stop_ids: Sequence[int] = ()) -> list[list[int]]:
+                    stop_ids: Sequence[int] = (),
+                    min_new_tokens: int = 0) -> list[list[int]]:
   """Generates a greedy continuation for each request.
 
   Args:
@@ -120,12 +125,17 @@ def greedy_generate(model, requests: Sequence[Request], *,
     requests: prompts with their prompt and output languages.
     max_new_tokens: maximum number of new tokens per request.
     stop_ids: token ids that end a request; the stop token is not returned.
+    min_new_tokens: the number of tokens generated before a stop token may
+      be chosen.
 
   Returns:
     The new token ids of each request, without the stop token.
   """
   if max_new_tokens <= 0:
     raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+  if not 0 <= min_new_tokens <= max_new_tokens:
+    raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got "
+                     f"{min_new_tokens}")
   longest = max(len(r.prompt_ids) for r in requests)
   total = longest + 1 + max_new_tokens
   tokens, encoder_ids, decoder_ids, lengths = _initial_buffers(requests, total)
@@ -133,7 +143,7 @@ def greedy_generate(model, requests: Sequence[Request], *,
   out_tokens, out_lengths = _greedy_loop(
       model, jnp.asarray(tokens), jnp.asarray(encoder_ids),
       jnp.asarray(decoder_ids), jnp.asarray(lengths), stops,
-      max_new_tokens=max_new_tokens)
+      max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
   out_tokens = np.asarray(out_tokens)
   out_lengths = np.asarray(out_lengths)
   results = []

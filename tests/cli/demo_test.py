@@ -19,6 +19,7 @@ SMALL_RUN = [
     "--gin_bindings=PhaseConfig.log_every = 2",
     "--gin_bindings=OptimizerConfig.warmup_steps = 2",
     "--max_new_tokens=4",
+    "--min_new_tokens=2",
 ]
 
 

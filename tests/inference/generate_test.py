@@ -75,3 +75,19 @@ def test_max_new_tokens_must_be_positive():
   with pytest.raises(ValueError, match="max_new_tokens"):
     generate.greedy_generate(_tiny_model(), [generate.Request([1], 0, 0)],
                              max_new_tokens=0)
+
+
+def test_min_new_tokens_blocks_early_stop():
+  model = _tiny_model()
+  request = generate.Request([5, 6, 7], 0, 0)
+  free = generate.greedy_generate(model, [request], max_new_tokens=6)[0]
+  first = free[0]
+
+  stopped = generate.greedy_generate(model, [request], max_new_tokens=6,
+                                     stop_ids=[first])[0]
+  delayed = generate.greedy_generate(model, [request], max_new_tokens=6,
+                                     stop_ids=[first], min_new_tokens=2)[0]
+
+  assert stopped == []
+  assert len(delayed) >= 2
+  assert first not in delayed[:2]
