@@ -118,8 +118,7 @@ def decode_samples(run: loading.LoadedRun, max_new_tokens: int,
         prompt_ids=vocabulary.encode(chat.format_prompt(user_text)),
         prompt_language_id=table.id(prompt_language),
         output_language_id=table.id(output_language)))
-  stop_ids = [vocabulary.eos_id] + [
-      vocabulary.encode(marker)[-1] for marker in chat.MARKERS]
+  stop_ids = chat.stop_token_ids(vocabulary)
   outputs = generate.greedy_generate(run.model, requests,
                                      max_new_tokens=max_new_tokens,
                                      stop_ids=stop_ids,

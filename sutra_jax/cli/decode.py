@@ -76,8 +76,7 @@ def decode(checkpoint_dir: str, step: int | None, prompt: str,
       prompt_ids=vocabulary.encode(text),
       prompt_language_id=table.id(prompt_language),
       output_language_id=table.id(output_language))
-  stop_ids = [vocabulary.eos_id] + [vocabulary.encode(m)[-1]
-                                    for m in chat.MARKERS]
+  stop_ids = chat.stop_token_ids(vocabulary)
   ids = generate.greedy_generate(run.model, [request],
                                  max_new_tokens=max_new_tokens,
                                  stop_ids=stop_ids)[0]

@@ -96,3 +96,15 @@ def parse_conversation(text: str) -> list[str]:
     turns.append(turn)
     position = end
   return turns
+
+
+def stop_token_ids(vocabulary) -> list[int]:
+  """Returns the ids that end an assistant turn: EOS and the role markers.
+
+  Args:
+    vocabulary: a seqio vocabulary whose tokenizer keeps each marker as one
+      piece (see `MARKERS`).
+  """
+  # Encoding a marker alone may add a leading word-boundary piece, so the
+  # marker itself is the last id.
+  return [vocabulary.eos_id] + [vocabulary.encode(m)[-1] for m in MARKERS]

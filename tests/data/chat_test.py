@@ -45,3 +45,12 @@ def test_parse_conversation_rejects_other_text():
     chat.parse_conversation("Hello")
   with pytest.raises(ValueError, match="do not alternate"):
     chat.parse_conversation("<|user|> a<|user|> b")
+
+
+def test_stop_token_ids_are_eos_and_markers(vocabulary):
+  ids = chat.stop_token_ids(vocabulary)
+
+  assert ids[0] == vocabulary.eos_id
+  assert len(ids) == 1 + len(chat.MARKERS)
+  for marker, marker_id in zip(chat.MARKERS, ids[1:]):
+    assert vocabulary.decode([marker_id]) == marker
