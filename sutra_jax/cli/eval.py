@@ -2,10 +2,17 @@ r"""sutra-eval: evaluate a trained run.
 
   sutra-eval perplexity --checkpoint_dir=runs/demo/alignment [--json]
   sutra-eval perplexity --checkpoint_dir=DIR --data_dir=FOLDER
+  sutra-eval alignment --checkpoint_dir=DIR --parallel_dir=FOLDER [--json]
 
 `perplexity` reports per-language perplexity. Without --data_dir it reads
 the held-out (`validation`) split of the run's own mixture; with --data_dir
 it reads `<language code>.txt` files, one example per line.
+
+`alignment` reports, for each language X of a folder of parallel text, the
+top-1 accuracy of retrieving a sentence's translation English -> X and
+X -> English by the cosine similarity of mean-pooled concept core states
+(see `sutra_jax.eval.alignment`). The folder contains NTREX-128 files or
+`<language code>.txt` files with `en.txt`, aligned line by line.
 """
 
 import json
@@ -19,7 +26,7 @@ from sutra_jax.cli import common
 from sutra_jax.errors import ConfigError
 from sutra_jax.errors import DataError
 
-COMMANDS = ("perplexity",)
+COMMANDS = ("perplexity", "alignment")
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "Run directory written by sutra-train.")
@@ -29,8 +36,17 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Folder of <language code>.txt files to evaluate on; "
     "default: the held-out split of the run's mixture.")
 _BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", None, "Sequences per batch; default: the run's batch size.")
+    "batch_size", None, "Sequences per batch; default: the run's batch size "
+    "for perplexity and 32 sentences for alignment.")
+_PARALLEL_DIR = flags.DEFINE_string(
+    "parallel_dir", None, "alignment: folder of parallel text, NTREX-128 "
+    "files or <language code>.txt files including en.txt.")
+_MAX_LENGTH = flags.DEFINE_integer(
+    "max_length", 128, "alignment: tokens kept per sentence; longer "
+    "sentences are truncated.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+# Sentences per batch of `alignment` when --batch_size is not set.
+_ALIGNMENT_BATCH_SIZE = 32
 
 
 def _check_flags(argv: Sequence[str]) -> str:
@@ -47,6 +63,13 @@ def _check_flags(argv: Sequence[str]) -> str:
   if _BATCH_SIZE.value is not None and _BATCH_SIZE.value <= 0:
     raise ConfigError(f"invalid --batch_size {_BATCH_SIZE.value}: expected a "
                       "positive integer")
+  if argv[1] == "alignment":
+    if not _PARALLEL_DIR.value:
+      raise ConfigError("--parallel_dir is required by alignment: a folder "
+                        "of parallel text files")
+    if _MAX_LENGTH.value <= 0:
+      raise ConfigError(f"invalid --max_length {_MAX_LENGTH.value}: expected "
+                        "a positive integer")
   return argv[1]
 
 
@@ -88,16 +111,63 @@ def perplexity(checkpoint_dir: str, step: int | None, data_dir: str | None,
           "per_language": results}
 
 
+def format_alignment_table(report: dict) -> str:
+  """Formats an `alignment` report as aligned text lines, in percent."""
+  lines = ["language  en->x (%)  x->en (%)  sentences"]
+  for code, r in sorted(report["per_language"].items()):
+    lines.append(f"{code:<9} {100 * r['en_to_x']:>9.1f}  "
+                 f"{100 * r['x_to_en']:>9.1f}  {r['count']:>9}")
+  macro = report["macro_average"]
+  lines.append(f"{'average':<9} {100 * macro['en_to_x']:>9.1f}  "
+               f"{100 * macro['x_to_en']:>9.1f}")
+  return "\n".join(lines)
+
+
+def alignment(checkpoint_dir: str, step: int | None, parallel_dir: str,
+              batch_size: int | None, max_length: int) -> dict:
+  """Checks the parallel files, loads the run and returns retrieval results.
+
+  Raises:
+    DataError: a missing folder, no English file or misaligned files.
+    CheckpointError: a missing or invalid run directory.
+  """
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax.eval import alignment as alignment_lib
+  from sutra_jax.inference import loading
+  # pylint: enable=g-import-not-at-top
+
+  files = alignment_lib.find_parallel_files(parallel_dir)
+  loading.check_run_dir(checkpoint_dir)
+  run = loading.load_run(checkpoint_dir, step)
+  if alignment_lib.ENGLISH not in run.language_table:
+    raise DataError(f"the run {checkpoint_dir!r} has no English "
+                    f"({alignment_lib.ENGLISH!r}) in its language table, "
+                    "which alignment retrieves against")
+  files = alignment_lib.keep_known_languages(files, run.language_table)
+  results = alignment_lib.alignment(
+      run.model, run.vocabulary, run.language_table, files,
+      batch_size=batch_size or _ALIGNMENT_BATCH_SIZE, max_length=max_length)
+  return dict(results, checkpoint_dir=checkpoint_dir, step=run.step,
+              data=parallel_dir, max_length=max_length)
+
+
 def main(argv: Sequence[str]) -> int:
-  _check_flags(argv)
-  report = perplexity(_CHECKPOINT_DIR.value, _STEP.value, _DATA_DIR.value,
-                      _BATCH_SIZE.value)
+  command = _check_flags(argv)
+  if command == "alignment":
+    report = alignment(_CHECKPOINT_DIR.value, _STEP.value,
+                       _PARALLEL_DIR.value, _BATCH_SIZE.value,
+                       _MAX_LENGTH.value)
+    table = format_alignment_table(report)
+  else:
+    report = perplexity(_CHECKPOINT_DIR.value, _STEP.value, _DATA_DIR.value,
+                        _BATCH_SIZE.value)
+    table = format_table(report["per_language"])
   if _JSON.value:
     print(json.dumps(report, ensure_ascii=False, indent=2))
   else:
     print(f"{report['checkpoint_dir']} step {report['step']} on "
           f"{report['data']}")
-    print(format_table(report["per_language"]))
+    print(table)
   sys.stdout.flush()
   return 0
 

@@ -1,0 +1,1 @@
+"""Measurement tools that run the training code on synthetic data."""
