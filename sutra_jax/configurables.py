@@ -11,4 +11,5 @@ from sutra_jax.training import phases
 from sutra_jax.data import mixtures
 from sutra_jax.training import trainer
 from sutra_jax.models import config as _model_config
+from sutra_jax.models import flops
 from sutra_jax import partitioning

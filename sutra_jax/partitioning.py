@@ -51,7 +51,13 @@ DEFAULT_RULES: LogicalRules = (
 
 @gin.configurable
 def axis_rules(rules: LogicalRules = DEFAULT_RULES) -> tuple:
-  """Returns the logical axis rules that gin binds (default `DEFAULT_RULES`)."""
+  """Returns the logical axis rules that gin binds (default `DEFAULT_RULES`).
+
+  Args:
+    rules: (logical axis, mesh axes) pairs, where mesh axes is one mesh axis
+      name, a list or tuple of them, or None to replicate. See
+      `DEFAULT_RULES` for how the first fitting entry is chosen.
+  """
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                for name, axes in rules)
 

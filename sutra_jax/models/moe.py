@@ -77,6 +77,23 @@ def expert_load(experts: jax.Array, token_mask: jax.Array,
   return counts / (_real_token_count(mask) * experts.shape[-1])
 
 
+def expert_slot_counts(experts: jax.Array, token_mask: jax.Array,
+                       num_experts: int) -> jax.Array:
+  """Counts how many of each token's k routed slots go to each expert.
+
+  Args:
+    experts: [N, k] chosen experts.
+    token_mask: [N], 1 for real tokens and 0 for padding.
+    num_experts: E.
+
+  Returns:
+    [N, E] float32 counts: k ones spread over a real token's chosen experts,
+    all zeros for padding.
+  """
+  one_hot = jax.nn.one_hot(experts, num_experts, dtype=jnp.float32)
+  return jnp.sum(one_hot, axis=1) * token_mask.astype(jnp.float32)[:, None]
+
+
 def load_balancing_loss(router: RouterOutput,
                         token_mask: jax.Array) -> jax.Array:
   """Computes the Switch Transformer balance loss E * sum_e f_e * p_e.
@@ -155,7 +172,8 @@ class MoE(nnx.Module):
 
     Returns:
       The output [B, L, D] and a dict with scalar `load_balancing_loss` and
-      `router_z_loss` and the [E] `expert_load`.
+      `router_z_loss`, the [E] `expert_load` and the [B, L, E]
+      `expert_slot_counts` of `expert_slot_counts`.
     """
     batch, length, d_model = x.shape
     tokens = x.reshape(batch * length, d_model)
@@ -170,6 +188,9 @@ class MoE(nnx.Module):
         "load_balancing_loss": load_balancing_loss(router, mask),
         "router_z_loss": router_z_loss(router.logits, mask),
         "expert_load": expert_load(router.experts, mask, self.num_experts),
+        "expert_slot_counts": expert_slot_counts(
+            router.experts, mask, self.num_experts).reshape(
+                batch, length, self.num_experts),
     }
     return out.astype(self.dtype).reshape(batch, length, d_model), aux
 

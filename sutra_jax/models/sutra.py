@@ -58,8 +58,11 @@ class ModelOutput:
     core_hidden: [B, L, D] output of the concept core, before the decoder.
     aux: `load_balancing_loss` and `router_z_loss`, float32 scalars averaged
       over the core layers, and `expert_load` [num_core_layers, E], the
-      fraction of each layer's routed token slots per expert. All count real
-      tokens only.
+      fraction of each layer's routed token slots per expert. It also
+      contains `expert_slot_counts` [num_core_layers, B, L, E], how many of
+      each token's k slots each expert receives. This per-token view of the
+      router's choices lets the train step count the load by language while
+      the core takes no language id. All count real tokens only.
   """
 
   logits: jax.Array
@@ -105,18 +108,22 @@ class ConceptCore(nnx.Module):
       call = nnx.remat(_apply_core_layer) if self.remat else _apply_core_layer
       x, aux = call(layer, x, token_mask, segment_ids, positions)
       layer_aux.append(aux)
-    return x, self._combine(layer_aux)
+    return x, self._combine(layer_aux, token_mask)
 
-  def _combine(self, layer_aux):
+  def _combine(self, layer_aux, token_mask):
     if not layer_aux:
       zero = jnp.zeros((), jnp.float32)
+      batch, length = token_mask.shape
       return {"load_balancing_loss": zero, "router_z_loss": zero,
-              "expert_load": jnp.zeros((0, self.num_experts), jnp.float32)}
+              "expert_load": jnp.zeros((0, self.num_experts), jnp.float32),
+              "expert_slot_counts": jnp.zeros(
+                  (0, batch, length, self.num_experts), jnp.float32)}
     stack = lambda name: jnp.stack([aux[name] for aux in layer_aux])
     # Averaged over layers, so a loss weight does not depend on depth.
     return {"load_balancing_loss": jnp.mean(stack("load_balancing_loss")),
             "router_z_loss": jnp.mean(stack("router_z_loss")),
-            "expert_load": stack("expert_load")}
+            "expert_load": stack("expert_load"),
+            "expert_slot_counts": stack("expert_slot_counts")}
 
 
 class SutraModel(nnx.Module):

@@ -104,6 +104,27 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
   }
 
 
+def expert_counts_by_language(slot_counts: jax.Array, language_ids: jax.Array,
+                              num_languages: int) -> jax.Array:
+  """Sums the routed slots of each core layer and expert by token language.
+
+  Args:
+    slot_counts: [num_core_layers, B, L, E] `expert_slot_counts` from the
+      model's aux outputs, 0 for padding.
+    language_ids: [B, L] language id of each input token.
+    num_languages: N, the size of the language table.
+
+  Returns:
+    [N, num_core_layers, E] float32 counts of routed slots. Row n, layer i
+    sums to k times the real tokens of language n.
+  """
+  layers, batch, length, experts = slot_counts.shape
+  by_token = jnp.moveaxis(slot_counts, 0, 2).reshape(batch * length, layers,
+                                                     experts)
+  return jax.ops.segment_sum(by_token, language_ids.reshape(-1),
+                             num_segments=num_languages)
+
+
 def run_model(model, batch: Mapping[str, jax.Array]):
   """Calls a `SutraModel`-like module on the features of a batch."""
   return model(
@@ -120,7 +141,9 @@ def compute_loss(params: PyTree, graphdef: nnx.GraphDef,
   """Runs the model and returns (objective, metrics).
 
   The objective is the masked cross-entropy plus the weighted load-balancing
-  and router z-losses of the concept core.
+  and router z-losses of the concept core. Besides the losses, the metrics
+  contain `expert_load` [num_core_layers, E] and `language_expert_counts`
+  [N, num_core_layers, E] (see `expert_counts_by_language`).
   """
   model = nnx.merge(graphdef, params)
   output = run_model(model, batch)
@@ -133,7 +156,14 @@ def compute_loss(params: PyTree, graphdef: nnx.GraphDef,
           loss_weights.load_balancing * load_balancing +
           loss_weights.router_z * router_z)
   metrics.update(loss=loss, load_balancing_loss=load_balancing,
-                 router_z_loss=router_z)
+                 router_z_loss=router_z,
+                 expert_load=output.aux["expert_load"])
+  # The core routes the input token at each position, so its language is
+  # the encoder language id. It differs from the decoder id at the
+  # source-to-target boundary of a translation example.
+  metrics["language_expert_counts"] = jax.lax.stop_gradient(
+      expert_counts_by_language(output.aux["expert_slot_counts"],
+                                batch["encoder_language_ids"], num_languages))
   return loss, metrics
 
 

@@ -27,12 +27,14 @@ from sutra_jax import gin_utils
 from sutra_jax import languages
 from sutra_jax import partitioning
 from sutra_jax.errors import ConfigError, DataError
+from sutra_jax.models import flops
 from sutra_jax.models.config import ModelConfig, make_model_config
 from sutra_jax.models.sutra import SutraModel
 from sutra_jax.training import checkpoints
 from sutra_jax.training import metrics as metrics_lib
 from sutra_jax.training import optimizers
 from sutra_jax.training import phases
+from sutra_jax.training import run_summary
 from sutra_jax.training import train_step as train_step_lib
 from sutra_jax.training.train_step import TrainState
 
@@ -327,11 +329,18 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
     logging.info("Resuming phase %s at step %d", phase.name, progress.step)
   start_step = progress.step
 
+  run_summary.log_start_summary(
+      setup.model_config, setup.abstract_state.params,
+      setup.shardings.params, setup.mesh, phase.sequence_length)
   step_fn = _compile(setup, state, table)
   writer = metrics_lib.MetricsWriter(run_dir, phase.num_steps,
                                      resume_step=start_step)
   interval = metrics_lib.MetricsAccumulator(
-      table.codes, phase.batch_size * phase.sequence_length)
+      table.codes, phase.batch_size * phase.sequence_length,
+      num_devices=setup.mesh.size,
+      flops_per_token=flops.flops_per_token(setup.model_config,
+                                            phase.sequence_length),
+      peak_flops_per_device=flops.peak_flops_per_device())
   consumed = progress.batches_consumed
   try:
     for step in range(start_step + 1, phase.num_steps + 1):
