@@ -24,6 +24,7 @@ from sutra_jax.cli import common
 from sutra_jax.data import chat
 from sutra_jax.data import corpus
 from sutra_jax.data import pipeline
+from sutra_jax.errors import ConfigError
 from sutra_jax.inference import generate
 from sutra_jax.inference import loading
 from sutra_jax.eval import perplexity
@@ -135,7 +136,8 @@ def decode_samples(run: loading.LoadedRun, max_new_tokens: int,
 
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
-    raise flags.Error(f"unexpected arguments: {argv[1:]}")
+    raise ConfigError(f"unexpected arguments {' '.join(argv[1:])!r}; pass "
+                      "settings as flags or --gin_bindings")
   run_dir = _RUN_DIR.value
   os.makedirs(run_dir, exist_ok=True)
   vocabulary = train_tokenizer(run_dir, _VOCAB_SIZE.value)

@@ -66,8 +66,8 @@ def decode(checkpoint_dir: str, step: int | None, prompt: str,
   gin_utils.parse_config([loading.check_run_dir(checkpoint_dir)], [],
                          finalize=False)
   table = languages.language_table()
-  languages.check_codes([prompt_language], table, "--prompt_language")
   languages.check_codes([output_language], table, "--output_language")
+  languages.check_codes([prompt_language], table, "--prompt_language")
 
   run = loading.load_run(checkpoint_dir, step)
   vocabulary = run.vocabulary

@@ -4,7 +4,9 @@ r"""sutra-eval: evaluate a trained run.
   sutra-eval perplexity --checkpoint_dir=DIR --data_dir=FOLDER
   sutra-eval alignment --checkpoint_dir=DIR --parallel_dir=FOLDER [--json]
 
-`perplexity` reports per-language perplexity. Without --data_dir it reads
+`perplexity` reports per-language perplexity. Each example is cut to the
+run's sequence length, so only the first PhaseConfig.sequence_length tokens
+of a long line are scored. Without --data_dir it reads
 the held-out (`validation`) split of the run's own mixture; with --data_dir
 it reads `<language code>.txt` files, one example per line.
 

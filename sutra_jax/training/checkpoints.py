@@ -52,6 +52,13 @@ class Progress:
   num_steps: int = 0
 
 
+# What orbax and tensorstore raise for a damaged or mismatched checkpoint:
+# ValueError for shape and read errors (tensorstore's OUT_OF_RANGE included,
+# and JSONDecodeError), KeyError and TypeError for a missing or different
+# tree, OSError for missing files, RuntimeError from the async reader.
+_READ_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+
+
 def checkpoint_dir(run_dir: str | os.PathLike) -> epath.Path:
   """Returns the folder that contains the step folders of `run_dir`.
 
@@ -162,12 +169,13 @@ class Checkpointer:
         progress=ocp.args.JsonRestore())
     try:
       restored = self._manager.restore(step, args=args)
-    except (ValueError, KeyError, TypeError) as e:
+    except _READ_ERRORS as e:
       raise CheckpointError(
           f"cannot resume from {self.directory / str(step)}: {_first_line(e)};"
-          " the model, the trainable patterns or the optimizer differ from "
-          "the run that wrote it. Use a new run_dir, or restore the gin "
-          "config of that run from its config.gin") from None
+          " if the model, the trainable patterns or the optimizer differ from "
+          "the run that wrote it, use a new run_dir; if its files are "
+          "damaged, delete that step folder to resume from an earlier "
+          "step") from None
     for name in ("params", "opt_state"):
       _check_complete(restored[name], getattr(target, name),
                       self.directory / str(step), name)
@@ -233,15 +241,28 @@ def latest_step(run_dir: str | os.PathLike) -> int | None:
     manager.close()
 
 
+def _unreadable(run_dir, step, error: Exception) -> CheckpointError:
+  path = checkpoint_dir(run_dir) / str(step)
+  return CheckpointError(
+      f"checkpoint {path} is unreadable ({_first_line(error)}); delete that "
+      "step folder to use an earlier step, or pass another run directory")
+
+
 def read_progress(run_dir: str | os.PathLike, step: int) -> Progress:
-  """Returns the progress record saved with `step` in `run_dir`."""
+  """Returns the progress record saved with `step` in `run_dir`.
+
+  Raises:
+    CheckpointError: the record is missing or damaged.
+  """
   manager = _read_only_manager(run_dir)
   try:
     restored = manager.restore(
         step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return Progress(**restored["progress"])
+  except _READ_ERRORS as e:
+    raise _unreadable(run_dir, step, e) from None
   finally:
     manager.close()
-  return Progress(**restored["progress"])
 
 
 def param_metadata(run_dir: str | os.PathLike,
@@ -250,8 +271,12 @@ def param_metadata(run_dir: str | os.PathLike,
   manager = _read_only_manager(run_dir)
   try:
     metadata = manager.item_metadata(step)["params"]
+  except _READ_ERRORS as e:
+    raise _unreadable(run_dir, step, e) from None
   finally:
     manager.close()
+  if metadata is None:
+    raise _unreadable(run_dir, step, ValueError("no parameter metadata"))
   tree = getattr(metadata, "tree", metadata)
   leaves, _ = jax.tree_util.tree_flatten_with_path(
       tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
@@ -284,6 +309,8 @@ def restore_params(run_dir: str | os.PathLike, step: int,
             item=nested,
             restore_args=ocp.checkpoint_utils.construct_restore_args(nested),
             partial_restore=True)))
+  except _READ_ERRORS as e:
+    raise _unreadable(run_dir, step, e) from None
   finally:
     manager.close()
   leaves, _ = jax.tree_util.tree_flatten_with_path(restored["params"])

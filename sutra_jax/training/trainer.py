@@ -98,6 +98,8 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   table = languages.language_table()
   prepare_run_dir(run_dir)
   done = checkpoints.latest_step(run_dir)
+  if done is not None:
+    _check_same_phase(run_dir, done, phase)
   if done is not None and done >= phase.num_steps:
     logging.info("Phase %s in %s is already at step %d of %d; nothing to do",
                  phase.name, run_dir, done, phase.num_steps)
@@ -106,6 +108,11 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   if done is None and phase.init_from:
     # Checked before anything compiles; the hand-off itself runs later.
     phases.final_step(phase.init_from)
+  if not phase.init_from and tuple(phase.trainable) != (".*",):
+    logging.warning(
+        "Phase %s freezes every parameter outside %s but starts from random "
+        "weights because PhaseConfig.init_from is not set, so the frozen "
+        "parameters stay random", phase.name, list(phase.trainable))
   consumed = (checkpoints.read_progress(run_dir, done).batches_consumed
               if done is not None else 0)
 
@@ -118,11 +125,20 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   checkpointer = checkpoints.Checkpointer(run_dir,
                                           save_every=phase.checkpoint_every,
                                           keep=phase.keep_checkpoints)
-  write_operative_config(run_dir)
   try:
     return _train_loop(run_dir, phase, table, setup, checkpointer, batches)
   finally:
     checkpointer.close()
+
+
+def _check_same_phase(run_dir: str, step: int,
+                      phase: phases.PhaseConfig) -> None:
+  """Raises CheckpointError if `run_dir` holds another phase's checkpoints."""
+  saved = checkpoints.read_progress(run_dir, step).phase
+  if saved and saved != phase.name:
+    raise ConfigError(
+        f"run directory {run_dir!r} contains checkpoints of phase {saved!r}, "
+        f"not {phase.name!r}; give each phase its own --run_dir")
 
 
 def prepare_run_dir(run_dir: str) -> None:
@@ -328,6 +344,9 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
     state, progress = checkpointer.restore(latest, setup.abstract_state)
     logging.info("Resuming phase %s at step %d", phase.name, progress.step)
   start_step = progress.step
+  # Written only once the state is restored or handed off, so a run that
+  # fails to resume keeps the config.gin that matches its checkpoints.
+  write_operative_config(run_dir)
 
   run_summary.log_start_summary(
       setup.model_config, setup.abstract_state.params,

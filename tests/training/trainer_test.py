@@ -18,6 +18,7 @@ import pytest
 
 from sutra_jax import partitioning
 from sutra_jax.errors import CheckpointError
+from sutra_jax.errors import ConfigError
 from sutra_jax.training import checkpoints
 from sutra_jax.training import metrics as metrics_lib
 from sutra_jax.training import trainer
@@ -146,3 +147,40 @@ def test_hand_off_of_new_output_head(tmp_path, caplog):
                            dataset_fn=SyntheticData())
   assert result.steps == 1
   assert "Initialised lm_head/kernel (16, 64): fresh" in caplog.text
+
+
+@pytest.mark.slow
+def test_failed_resume_keeps_config_and_phase_is_checked(tmp_path):
+  _parse()
+  run_dir = str(tmp_path / "run")
+  trainer.train(run_dir, dataclasses.replace(PHASE, num_steps=2),
+                dataset_fn=SyntheticData())
+  config_path = os.path.join(run_dir, "config.gin")
+  with open(config_path, encoding="utf-8") as f:
+    original = f.read()
+
+  # Another model size cannot resume these checkpoints.
+  gin.bind_parameter("ModelConfig.d_model", 48)
+  with pytest.raises(CheckpointError, match="cannot resume"):
+    trainer.train(run_dir, PHASE, dataset_fn=SyntheticData())
+  with open(config_path, encoding="utf-8") as f:
+    assert f.read() == original
+
+  # Another phase may not reuse the run directory.
+  other = dataclasses.replace(PHASE, name="other", num_steps=2)
+  with pytest.raises(ConfigError, match="checkpoints of phase 'test'"):
+    trainer.train(run_dir, other, dataset_fn=SyntheticData())
+
+
+def test_damaged_progress_record_is_reported(tmp_path):
+  _parse()
+  run_dir = str(tmp_path / "run")
+  trainer.train(run_dir, dataclasses.replace(PHASE, num_steps=2),
+                dataset_fn=SyntheticData())
+  progress_dir = os.path.join(run_dir, "checkpoints", "2", "progress")
+  for name in os.listdir(progress_dir):
+    with open(os.path.join(progress_dir, name), "w", encoding="utf-8") as f:
+      f.write("{not json")
+
+  with pytest.raises(CheckpointError, match="is unreadable"):
+    trainer.train(run_dir, PHASE, dataset_fn=SyntheticData())
