@@ -43,8 +43,8 @@ class _DropLibraryInfo(logging_std.Filter):
 
 def quiet_native_logs() -> None:
   """Silences library start-up chatter unless the user set the levels."""
-  # Level 3 also hides TensorFlow's failed CUDA probe, which is harmless
-  # because TensorFlow only runs the input pipeline.
+  # NOTE: TensorFlow 2.21 still prints its start-up lines (oneDNN, CUDA
+  # probe) at any TF_CPP_MIN_LOG_LEVEL; the level only quiets older releases.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
   try:

@@ -133,7 +133,7 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
 
 def _check_same_phase(run_dir: str, step: int,
                       phase: phases.PhaseConfig) -> None:
-  """Raises CheckpointError if `run_dir` holds another phase's checkpoints."""
+  """Raises ConfigError if `run_dir` contains another phase's checkpoints."""
   saved = checkpoints.read_progress(run_dir, step).phase
   if saved and saved != phase.name:
     raise ConfigError(
