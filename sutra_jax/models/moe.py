@@ -58,25 +58,6 @@ def _real_token_count(token_mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.sum(token_mask), 1.0)
 
 
-def expert_load(experts: jax.Array, token_mask: jax.Array,
-                num_experts: int) -> jax.Array:
-  """Computes the fraction of routed token slots that each expert receives.
-
-  Args:
-    experts: [N, k] chosen experts.
-    token_mask: [N], 1 for real tokens and 0 for padding.
-    num_experts: E.
-
-  Returns:
-    [E] float32 fractions over the N_real * k slots of real tokens. They sum
-    to 1 unless every token is padding.
-  """
-  mask = token_mask.astype(jnp.float32)
-  one_hot = jax.nn.one_hot(experts, num_experts, dtype=jnp.float32)
-  counts = jnp.sum(one_hot * mask[:, None, None], axis=(0, 1))
-  return counts / (_real_token_count(mask) * experts.shape[-1])
-
-
 def expert_slot_counts(experts: jax.Array, token_mask: jax.Array,
                        num_experts: int) -> jax.Array:
   """Counts how many of each token's k routed slots go to each expert.
@@ -92,6 +73,25 @@ def expert_slot_counts(experts: jax.Array, token_mask: jax.Array,
   """
   one_hot = jax.nn.one_hot(experts, num_experts, dtype=jnp.float32)
   return jnp.sum(one_hot, axis=1) * token_mask.astype(jnp.float32)[:, None]
+
+
+def expert_load(experts: jax.Array, token_mask: jax.Array,
+                num_experts: int) -> jax.Array:
+  """Computes the fraction of routed token slots that each expert receives.
+
+  Args:
+    experts: [N, k] chosen experts.
+    token_mask: [N], 1 for real tokens and 0 for padding.
+    num_experts: E.
+
+  Returns:
+    [E] float32 fractions over the N_real * k slots of real tokens. They sum
+    to 1 unless every token is padding.
+  """
+  counts = jnp.sum(expert_slot_counts(experts, token_mask, num_experts),
+                   axis=0)
+  real_tokens = _real_token_count(token_mask.astype(jnp.float32))
+  return counts / (real_tokens * experts.shape[-1])
 
 
 def load_balancing_loss(router: RouterOutput,

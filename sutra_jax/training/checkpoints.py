@@ -52,7 +52,8 @@ class Progress:
   num_steps: int = 0
 
 
-# What orbax and tensorstore raise for a damaged or mismatched checkpoint:
+# Exceptions that orbax and tensorstore raise for a damaged or mismatched
+# checkpoint:
 # ValueError for shape and read errors (tensorstore's OUT_OF_RANGE included,
 # and JSONDecodeError), KeyError and TypeError for a missing or different
 # tree, OSError for missing files, RuntimeError from the async reader.
