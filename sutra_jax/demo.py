@@ -108,7 +108,7 @@ def evaluate(run: loading.LoadedRun) -> dict[str, float]:
 
 def decode_samples(run: loading.LoadedRun, max_new_tokens: int,
                    min_new_tokens: int) -> list[dict]:
-  """Greedily answers the first held-out user turn of a few languages."""
+  """Generates greedy replies to the first held-out user turn of a few languages."""
   vocabulary = run.vocabulary
   table = run.language_table
   requests, prompts = [], []

@@ -56,7 +56,7 @@ def validate_code(code: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LanguageTable:
-  """The languages a model knows, with their ids and groups.
+  """The languages of a model, with their ids and groups.
 
   Attributes:
     codes: language codes; a language's id is its index here.
@@ -104,7 +104,7 @@ class LanguageTable:
       return self.codes.index(code)
     except ValueError:
       raise ConfigError(
-          f"unknown language code {code!r}: this model knows "
+          f"unknown language code {code!r}: the model's languages are "
           f"{', '.join(self.codes)}; add it to language_table.languages"
       ) from None
 
