@@ -58,8 +58,26 @@ class ModelConfig:
       `make_model_config`.
     tie_embeddings: compute the logits with the transposed input embedding
       instead of a separate `lm_head`.
-    remat: recompute each layer's activations in the backward pass
-      (`nnx.remat`), trading compute for memory.
+    remat: rematerialisation policy of every encoder, core and decoder
+      layer, trading compute for memory: 'none' (keep all activations),
+      'full' (recompute everything from the layer's input), 'save_dots'
+      (keep the projection outputs) or 'save_all_dots' (keep every matmul
+      output). True and False mean 'full' and 'none'.
+    core_mlp: feed-forward layer of the concept core: 'moe' (the mixture
+      of experts) or 'dense' (one SwiGLU MLP of width `expert_mlp_dim`, for
+      dense baselines; the router and experts are then absent).
+    moe_dispatch: how tokens reach their experts: 'dropless', 'capacity'
+      or 'expert_parallel'; see `sutra_jax.models.moe`.
+    capacity_factor: slots per expert of the 'capacity' dispatch, as a
+      multiple of the even share N * k / E of the N tokens' routed slots.
+    expert_exchange: the collective of the 'expert_parallel' dispatch:
+      'all_to_all' (padded buffers, runs everywhere) or 'ragged_all_to_all'
+      (exact sizes; TPU and GPU only, XLA:CPU cannot run it).
+    expert_buffer_factor: rows that one device can send to one other
+      device in the 'all_to_all' exchange, as a multiple of the even share
+      N_local * k / num_expert_shards. None sizes the buffer so that it
+      cannot overflow (N_local * k rows), which costs num_expert_shards
+      times the expert compute of an even share.
     grouped_matmul: implementation of the grouped matmuls of the language
       blocks and experts: 'ragged_dot', 'tiled', or 'auto' (tiled on CPU,
       where jax 0.10.2 lowers ragged_dot to one dense matmul per group).
@@ -84,14 +102,21 @@ class ModelConfig:
   num_language_groups: int = 1
   language_group_ids: tuple[int, ...] = (0,)
   tie_embeddings: bool = False
-  remat: bool = False
+  remat: str = "none"
   grouped_matmul: str = "auto"
+  core_mlp: str = "moe"
+  moe_dispatch: str = "dropless"
+  capacity_factor: float = 1.25
+  expert_exchange: str = "all_to_all"
+  expert_buffer_factor: float | None = None
 
   def __post_init__(self):
     # Gin passes lists for tuple-valued bindings, so convert them to keep the
     # config hashable.
     object.__setattr__(self, "language_group_ids",
                        tuple(self.language_group_ids))
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
     _validate(self)
 
   @property
@@ -143,11 +168,38 @@ def _validate(config: ModelConfig) -> None:
     raise ConfigError(
         f"invalid ModelConfig.grouped_matmul = {config.grouped_matmul!r}: "
         f"expected one of {', '.join(grouped.IMPLEMENTATIONS)}")
+  _validate_choices(config)
   if not config.rope_theta > 0 or not config.norm_eps > 0:
     raise ConfigError(
         f"invalid ModelConfig.rope_theta = {config.rope_theta!r} or norm_eps "
         f"= {config.norm_eps!r}: both must be positive numbers")
   _validate_groups(config)
+
+
+# Allowed values of the string-valued fields.
+CHOICES = {
+    "remat": ("none", "full", "save_dots", "save_all_dots"),
+    "core_mlp": ("moe", "dense"),
+    "moe_dispatch": ("dropless", "capacity", "expert_parallel"),
+    "expert_exchange": ("all_to_all", "ragged_all_to_all"),
+}
+
+
+def _validate_choices(config: ModelConfig) -> None:
+  for name, allowed in CHOICES.items():
+    value = getattr(config, name)
+    if value not in allowed:
+      raise ConfigError(f"invalid ModelConfig.{name} = {value!r}: expected "
+                        f"one of {', '.join(allowed)}")
+  if not config.capacity_factor > 0:
+    raise ConfigError(
+        f"invalid ModelConfig.capacity_factor = {config.capacity_factor!r}: "
+        "expected a positive number such as 1.25")
+  factor = config.expert_buffer_factor
+  if factor is not None and not factor > 0:
+    raise ConfigError(
+        f"invalid ModelConfig.expert_buffer_factor = {factor!r}: expected a "
+        "positive number, or None for a buffer that cannot overflow")
 
 
 def _validate_groups(config: ModelConfig) -> None:

@@ -24,15 +24,18 @@ def active_matmul_params(config: ModelConfig) -> int:
 
   A token uses the blocks of one language group in the encoder and the
   decoder, and `experts_per_token` of the `num_experts` experts of each core
-  layer, plus the router. The output head counts whether or not it is tied
+  layer, plus the router (or the one MLP of a dense core). The output head counts whether or not it is tied
   to the embedding, because the logits are a [D, V] matmul either way. The
   embedding lookup and the norms are not matmuls and are left out.
   """
   d = config.d_model
   attention = attention_matmul_params(config)
   language_block = attention + 3 * d * config.mlp_dim
-  core_layer = (attention + d * config.num_experts +
-                config.experts_per_token * 3 * d * config.expert_mlp_dim)
+  if config.core_mlp == "dense":
+    core_layer = attention + 3 * d * config.expert_mlp_dim
+  else:
+    core_layer = (attention + d * config.num_experts +
+                  config.experts_per_token * 3 * d * config.expert_mlp_dim)
   language_layers = config.num_encoder_layers + config.num_decoder_layers
   return (language_layers * language_block +
           config.num_core_layers * core_layer + d * config.vocab_size)

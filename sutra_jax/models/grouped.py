@@ -2,28 +2,34 @@
 
 The concept core's mixture of experts (a group is an expert) and the language
 blocks (a group is a language group) share this primitive. The routing of a
-set of rows is computed once: a stable sort by group id, its inverse and the
-group sizes. Each weight [G, in, out] is then applied with one
-`jax.lax.ragged_dot` over the sorted rows, which multiplies each contiguous
-run of rows by its own group's matrix. The cost is one dense matmul over the
-N rows, whatever the mix of groups, and no row is multiplied by the weights of
-another group.
+set of R rows is computed once and reused by every grouped matmul on them.
+It places the rows in a *slot layout* where the rows of each group are
+contiguous:
+
+* `ragged_dot`: the slots are the rows sorted by group, and each weight
+  [G, in, out] is applied with one `jax.lax.ragged_dot`, which XLA lowers to
+  a native grouped matmul on TPU and GPU. On CPU, jax 0.10.2 lowers it to G
+  dense matmuls over masked copies of all rows, so its cost grows with G.
+* `tiled`: the rows of each group fill whole tiles of T slots, the last tile
+  of a group padded with empty slots, and all tiles are multiplied by their
+  group's matrix in one batched matmul. It costs (R + G * (T - 1)) rows of
+  work whatever the mix of groups, so it is the default on CPU.
+* `capacity`: every group gets exactly C slots (one tile of T = C). Rows past
+  the C-th of their group get no slot and are dropped. This is the layout of
+  capacity-limited (GShard-style) expert dispatch; see `make_capacity_routing`.
+
+Several matmuls can run back to back in the slot layout (the gate, up and
+down projections of a SwiGLU MLP), so the rows are moved into and out of it
+only once. Moving is a gather in both directions, never a scatter of rows.
+
+Rows whose group id is outside [0, G), and dropped rows, produce zero output.
 
 `jax.lax.ragged_dot` takes 2-D rows, and in jax 0.10.2 it cannot be vmapped,
-so callers flatten [B, L, ...] activations to [N, ...] first.
-
-Two implementations compute the same product:
-
-* `ragged_dot`: `jax.lax.ragged_dot`, which XLA lowers to a native grouped
-  matmul on TPU and GPU. On CPU, jax 0.10.2 lowers it to G dense matmuls over
-  masked copies of all N rows, so its cost grows with G.
-* `tiled`: the sorted rows of each group are padded to a multiple of T rows
-  and every tile of T rows is multiplied by its group's matrix in one batched
-  matmul. It costs (N + G * (T - 1)) rows of work whatever the mix of groups,
-  so it is the default on CPU.
+so callers flatten [B, L, ...] activations to [R, ...] first.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,88 +42,99 @@ _MAX_TILE_ROWS = 128
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GroupRouting:
-  """The sort of N rows by group id, reused by every grouped matmul on them.
+  """The slot layout of R rows, reused by every grouped matmul on them.
 
   Attributes:
-    group_ids: [N] int32 group of each row. Ids outside [0, G) are replaced
-      by G, which sorts them last and gives them zero output.
-    order: [N] int32 row index at each sorted position (a stable sort).
-    inverse: [N] int32 sorted position of each row.
-    group_sizes: [G] int32 rows per group, zeros included.
-    padded_positions: [N] int32 row of each sorted row in the tiled buffer;
-      rows of out-of-range ids point past its end. Used by `tiled` only.
-    tile_groups: [num_tiles] int32 group of each tile. Used by `tiled` only.
-    tile_rows: T, rows per tile; 0 selects the `ragged_dot` implementation.
+    group_ids: [R] int32 group of each row. Ids outside [0, G) are replaced
+      by G.
+    row_slots: [R] int32 slot of each row; S (one past the last slot) for a
+      row without a slot (an out-of-range id or a dropped row).
+    slot_rows: [S] int32 row in each slot; R for an empty slot.
+    group_sizes: [G] int32 rows per group, zeros included, before any drop.
+    tile_groups: [S // T] int32 group of each tile; empty for `ragged_dot`.
+    tile_rows: T, slots per tile; 0 selects `jax.lax.ragged_dot` over the
+      sorted rows.
+    tile_per_group: tile g holds group g (the capacity layout), so the
+      weights need no per-tile gather.
   """
 
   group_ids: jax.Array
-  order: jax.Array
-  inverse: jax.Array
+  row_slots: jax.Array
+  slot_rows: jax.Array
   group_sizes: jax.Array
-  padded_positions: jax.Array
   tile_groups: jax.Array
   tile_rows: int = dataclasses.field(metadata={"static": True})
+  tile_per_group: bool = dataclasses.field(default=False,
+                                           metadata={"static": True})
 
   @property
   def num_groups(self) -> int:
     return self.group_sizes.shape[0]
 
-  def sort(self, x: jax.Array) -> jax.Array:
-    """Gathers rows [N, ...] into group order."""
-    return jnp.take(x, self.order, axis=0)
+  @property
+  def num_slots(self) -> int:
+    return self.slot_rows.shape[0]
 
-  def unsort(self, y: jax.Array) -> jax.Array:
-    """Scatters rows [N, ...] from group order back to their positions."""
-    return jnp.take(y, self.inverse, axis=0)
-
-  def matmul_sorted(self, x_sorted: jax.Array, weights: jax.Array,
-                    preferred_element_type=None) -> jax.Array:
-    """Multiplies rows already in group order by their group's matrix.
+  def to_slots(self, x: jax.Array, rows_per_item: int = 1) -> jax.Array:
+    """Gathers rows into the slot layout: [R / rows_per_item, ...] -> [S, ...].
 
     Args:
-      x_sorted: [N, in] rows in the order of `sort`.
-      weights: [G, in, out], cast to the dtype of `x_sorted`.
+      x: the rows, or the items that the rows copy. With `rows_per_item` k,
+        rows k * i ... k * i + k - 1 are copies of item i (the k routed
+        slots of a token), so the copies are never materialised.
+      rows_per_item: k.
+
+    Returns:
+      [S, ...], zero in empty slots.
+    """
+    items = self.slot_rows // rows_per_item
+    return jnp.take(x, items, axis=0, mode="fill", fill_value=0)
+
+  def from_slots(self, y: jax.Array) -> jax.Array:
+    """Gathers each row's slot back: [S, ...] -> [R, ...], zero if no slot."""
+    return jnp.take(y, self.row_slots, axis=0, mode="fill", fill_value=0)
+
+  def matmul(self, x_slots: jax.Array, weights: jax.Array,
+             preferred_element_type=None) -> jax.Array:
+    """Multiplies each slot by its group's matrix.
+
+    Args:
+      x_slots: [S, in] rows in the slot layout (`to_slots`).
+      weights: [G, in, out], cast to the dtype of `x_slots`.
       preferred_element_type: accumulation and output dtype. None keeps the
         input dtype.
 
     Returns:
-      [N, out] in group order. Rows past the sum of `group_sizes` (ids
-      outside [0, G)) are zero.
+      [S, out] in the slot layout.
     """
-    weights = weights.astype(x_sorted.dtype)
+    weights = weights.astype(x_slots.dtype)
     if not self.tile_rows:
-      return jax.lax.ragged_dot(x_sorted, weights, self.group_sizes,
+      return jax.lax.ragged_dot(x_slots, weights, self.group_sizes,
                                 preferred_element_type=preferred_element_type)
-    return self._tiled_matmul(x_sorted, weights, preferred_element_type)
-
-  def _tiled_matmul(self, x_sorted, weights, preferred_element_type):
-    """Multiplies padded tiles of T rows by their group's matrix."""
     num_tiles = self.tile_groups.shape[0]
-    capacity = num_tiles * self.tile_rows
-    d_in, d_out = weights.shape[1:]
-    buffer = jnp.zeros((capacity, d_in), x_sorted.dtype)
-    buffer = buffer.at[self.padded_positions].set(x_sorted, mode="drop")
-    tiles = buffer.reshape(num_tiles, self.tile_rows, d_in)
-    out = jnp.einsum("tri,tio->tro", tiles,
-                     jnp.take(weights, self.tile_groups, axis=0),
+    tiles = x_slots.reshape(num_tiles, self.tile_rows, x_slots.shape[-1])
+    if self.tile_per_group:
+      tile_weights = weights
+    else:
+      tile_weights = jnp.take(weights, self.tile_groups, axis=0)
+    out = jnp.einsum("tri,tio->tro", tiles, tile_weights,
                      preferred_element_type=preferred_element_type)
-    return jnp.take(out.reshape(capacity, d_out), self.padded_positions,
-                    axis=0, mode="fill", fill_value=0)
+    return out.reshape(self.num_slots, out.shape[-1])
 
   def apply(self, x: jax.Array, weights: jax.Array) -> jax.Array:
-    """Computes `x[n] @ weights[group_ids[n]]` for every row n.
+    """Computes `x[r] @ weights[group_ids[r]]` for every row r.
 
     Args:
-      x: [N, in] rows in their original order.
+      x: [R, in] rows in their original order.
       weights: [G, in, out].
 
     Returns:
-      [N, out] in the original row order.
+      [R, out] in the original row order.
     """
-    return self.unsort(self.matmul_sorted(self.sort(x), weights))
+    return self.from_slots(self.matmul(self.to_slots(x), weights))
 
   def gather(self, table: jax.Array) -> jax.Array:
-    """Picks each row's entry of a per-group table [G, ...], giving [N, ...].
+    """Picks each row's entry of a per-group table [G, ...], giving [R, ...].
 
     Rows with an out-of-range id read the last group, which is harmless
     because their matmul outputs are zero.
@@ -128,10 +145,10 @@ class GroupRouting:
 def tile_rows_for(num_rows: int, num_groups: int) -> int:
   """Chooses T so that padding adds at most a quarter of the rows.
 
-  Each non-empty group pads at most T - 1 rows, so G * (T - 1) <= N / 4
-  bounds the extra work at 25 %. For example N = 1024 token copies over
-  G = 8 experts gives T = 32, and N = 512 tokens over G = 28 language groups
-  gives T = 4.
+  Each non-empty group pads at most T - 1 rows, so G * (T - 1) <= R / 4
+  bounds the extra work at 25 %. For example R = 4096 token copies over
+  G = 8 experts gives T = 128, and R = 512 tokens over G = 28 language
+  groups gives T = 4.
   """
   budget = 1 + num_rows // (4 * num_groups)
   tile = 1
@@ -149,30 +166,87 @@ def _resolve(implementation: str) -> str:
   return implementation
 
 
-def _tiling(sorted_ids, group_sizes, num_rows, num_groups, tile):
-  """Returns (padded_positions [N], tile_groups [num_tiles])."""
-  capacity = -(-(num_rows + num_groups * (tile - 1)) // tile) * tile
+def _clean_ids(group_ids: jax.Array, num_groups: int) -> jax.Array:
+  if group_ids.ndim != 1:
+    raise ValueError(f"group_ids must be 1-D [R], got shape {group_ids.shape}: "
+                     "flatten the batch first")
+  group_ids = group_ids.astype(jnp.int32)
+  in_range = (group_ids >= 0) & (group_ids < num_groups)
+  return jnp.where(in_range, group_ids, num_groups)
+
+
+def _ranks(group_ids: jax.Array, num_groups: int,
+           priority: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Ranks each row within its group, in row order or in `priority` order.
+
+  Args:
+    group_ids: [R] ids in [0, G], where G means no group.
+    num_groups: G.
+    priority: optional [R] permutation: rows are ranked in the order
+      `priority[0], priority[1], ...`.
+
+  Returns:
+    (rank [R] int32, 0 for the first row of each group, group_sizes [G]).
+  """
+  ids = group_ids if priority is None else jnp.take(group_ids, priority)
+  one_hot = jax.nn.one_hot(ids, num_groups, dtype=jnp.int32)
+  # Exclusive running count per group: O(R * G), cheap next to the matmuls
+  # and simpler for XLA than a sort.
+  before = jnp.cumsum(one_hot, axis=0) - one_hot
+  rank = jnp.take_along_axis(
+      before, jnp.minimum(ids, num_groups - 1)[:, None], axis=1)[:, 0]
+  if priority is not None:
+    rank = jnp.zeros_like(rank).at[priority].set(rank)
+  return rank.astype(jnp.int32), jnp.sum(one_hot, axis=0).astype(jnp.int32)
+
+
+def _slot_rows(row_slots: jax.Array, num_slots: int) -> jax.Array:
+  """Inverts `row_slots`: the row in each slot, R for empty slots."""
+  num_rows = row_slots.shape[0]
+  rows = jnp.arange(num_rows, dtype=jnp.int32)
+  return jnp.full((num_slots,), num_rows, jnp.int32).at[row_slots].set(
+      rows, mode="drop")
+
+
+def _ragged_routing(group_ids: jax.Array, num_groups: int) -> GroupRouting:
+  order = jnp.argsort(group_ids, stable=True).astype(jnp.int32)
+  rows = jnp.arange(group_ids.shape[0], dtype=jnp.int32)
+  inverse = jnp.zeros_like(order).at[order].set(rows)
+  group_sizes = jnp.bincount(group_ids, length=num_groups).astype(jnp.int32)
+  # Out-of-range rows sort last, past the sum of group_sizes, where
+  # ragged_dot writes zeros.
+  return GroupRouting(group_ids=group_ids, row_slots=inverse,
+                      slot_rows=order, group_sizes=group_sizes,
+                      tile_groups=jnp.zeros((0,), jnp.int32), tile_rows=0)
+
+
+def _tiled_routing(group_ids: jax.Array, num_groups: int) -> GroupRouting:
+  num_rows = group_ids.shape[0]
+  tile = tile_rows_for(num_rows, num_groups)
+  num_slots = math.ceil((num_rows + num_groups * (tile - 1)) / tile) * tile
+  rank, group_sizes = _ranks(group_ids, num_groups)
   padded_sizes = -(-group_sizes // tile) * tile
   padded_ends = jnp.cumsum(padded_sizes)
   padded_starts = padded_ends - padded_sizes
-  starts = jnp.cumsum(group_sizes) - group_sizes
-  in_range = sorted_ids < num_groups
-  safe_ids = jnp.minimum(sorted_ids, num_groups - 1)
-  rank = jnp.arange(num_rows, dtype=jnp.int32) - starts[safe_ids]
-  padded_positions = jnp.where(in_range, padded_starts[safe_ids] + rank,
-                               capacity).astype(jnp.int32)
-  tile_starts = jnp.arange(capacity // tile, dtype=jnp.int32) * tile
+  safe_ids = jnp.minimum(group_ids, num_groups - 1)
+  row_slots = jnp.where(group_ids < num_groups,
+                        padded_starts[safe_ids] + rank,
+                        num_slots).astype(jnp.int32)
+  tile_starts = jnp.arange(num_slots // tile, dtype=jnp.int32) * tile
   tile_groups = jnp.searchsorted(padded_ends, tile_starts, side="right")
   tile_groups = jnp.minimum(tile_groups, num_groups - 1).astype(jnp.int32)
-  return padded_positions, tile_groups
+  return GroupRouting(group_ids=group_ids, row_slots=row_slots,
+                      slot_rows=_slot_rows(row_slots, num_slots),
+                      group_sizes=group_sizes, tile_groups=tile_groups,
+                      tile_rows=tile)
 
 
 def make_routing(group_ids: jax.Array, num_groups: int,
                  implementation: str = "auto") -> GroupRouting:
-  """Sorts N rows by group id.
+  """Lays out R rows by group, with a slot for every row.
 
   Args:
-    group_ids: [N] integer group of each row.
+    group_ids: [R] integer group of each row.
     num_groups: G, the static number of groups. Groups may be empty.
     implementation: `ragged_dot`, `tiled`, or `auto` (tiled on CPU,
       ragged_dot elsewhere); see the module docstring.
@@ -180,29 +254,48 @@ def make_routing(group_ids: jax.Array, num_groups: int,
   Returns:
     The routing to pass to every grouped matmul over these rows.
   """
-  if group_ids.ndim != 1:
-    raise ValueError(f"group_ids must be 1-D [N], got shape {group_ids.shape}: "
-                     "flatten the batch first")
-  # NOTE: under jit with rows sharded over devices, this sort runs over the
-  # global rows, so XLA gathers them onto every device. Per-device routing
-  # inside `jax.shard_map` is not written yet.
-  group_ids = group_ids.astype(jnp.int32)
-  in_range = (group_ids >= 0) & (group_ids < num_groups)
-  group_ids = jnp.where(in_range, group_ids, num_groups)
-  order = jnp.argsort(group_ids, stable=True).astype(jnp.int32)
-  rows = jnp.arange(group_ids.shape[0], dtype=jnp.int32)
-  inverse = jnp.zeros_like(order).at[order].set(rows)
-  group_sizes = jnp.bincount(group_ids, length=num_groups).astype(jnp.int32)
-  num_rows = group_ids.shape[0]
+  # NOTE: under jit with rows sharded over devices, this layout is computed
+  # over the global rows, so XLA gathers them onto every device. The
+  # expert-parallel MoE dispatch builds it per device inside shard_map.
+  group_ids = _clean_ids(group_ids, num_groups)
   if _resolve(implementation) == "ragged_dot":
-    empty = jnp.zeros((0,), jnp.int32)
-    return GroupRouting(group_ids=group_ids, order=order, inverse=inverse,
-                        group_sizes=group_sizes, padded_positions=empty,
-                        tile_groups=empty, tile_rows=0)
-  tile = tile_rows_for(num_rows, num_groups)
-  padded_positions, tile_groups = _tiling(
-      jnp.take(group_ids, order), group_sizes, num_rows, num_groups, tile)
-  return GroupRouting(group_ids=group_ids, order=order, inverse=inverse,
-                      group_sizes=group_sizes,
-                      padded_positions=padded_positions,
-                      tile_groups=tile_groups, tile_rows=tile)
+    return _ragged_routing(group_ids, num_groups)
+  return _tiled_routing(group_ids, num_groups)
+
+
+def make_capacity_routing(group_ids: jax.Array, num_groups: int,
+                          capacity: int,
+                          priority: jax.Array | None = None
+                          ) -> tuple[GroupRouting, jax.Array]:
+  """Lays out R rows in C slots per group, dropping the rows that do not fit.
+
+  Rows take the slots of their group in order: row order by default, or the
+  order of `priority`. The first C rows of a group are kept and the rest
+  dropped, so the choice is deterministic.
+
+  Args:
+    group_ids: [R] integer group of each row; ids outside [0, G) take no
+      slot and are not counted as dropped.
+    num_groups: G.
+    capacity: C >= 1 slots per group.
+    priority: optional [R] permutation of the rows giving the order in which
+      they take slots.
+
+  Returns:
+    (routing, kept): the routing with S = G * C slots, and [R] bool, True
+    for rows that got a slot.
+  """
+  if capacity < 1:
+    raise ValueError(f"capacity must be at least 1, got {capacity}")
+  group_ids = _clean_ids(group_ids, num_groups)
+  rank, group_sizes = _ranks(group_ids, num_groups, priority)
+  num_slots = num_groups * capacity
+  kept = (group_ids < num_groups) & (rank < capacity)
+  row_slots = jnp.where(kept, group_ids * capacity + rank,
+                        num_slots).astype(jnp.int32)
+  routing = GroupRouting(
+      group_ids=group_ids, row_slots=row_slots,
+      slot_rows=_slot_rows(row_slots, num_slots), group_sizes=group_sizes,
+      tile_groups=jnp.arange(num_groups, dtype=jnp.int32),
+      tile_rows=capacity, tile_per_group=True)
+  return routing, kept

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from sutra_jax.models import grouped
 from sutra_jax.models.config import ModelConfig
 from sutra_jax.models.layers import kernel_init, make_param, rms_norm
-from sutra_jax.models.layers import rotary_attention
+from sutra_jax.models.layers import remat_layer, rotary_attention
 
 
 class LanguageBlock(nnx.Module):
@@ -90,13 +90,13 @@ class LanguageBlock(nnx.Module):
   def _attention(self, x, routing, segment_ids, positions):
     """Computes the attention heads [B, L, H, Dh] of the flat tokens [N, D]."""
     batch, length = segment_ids.shape
-    normed = routing.sort(self._norm(x, self.attention_norm, routing))
+    normed = routing.to_slots(self._norm(x, self.attention_norm, routing))
 
     def project(weights):
       # [G, D, heads, Dh] -> [G, D, heads * Dh] for the 2-D grouped matmul.
       g, d, num, dh = weights.shape
-      flat = routing.matmul_sorted(normed, weights.reshape(g, d, num * dh))
-      return routing.unsort(flat).reshape(batch, length, num, dh)
+      flat = routing.matmul(normed, weights.reshape(g, d, num * dh))
+      return routing.from_slots(flat).reshape(batch, length, num, dh)
 
     return rotary_attention(project(self.query[...]), project(self.key[...]),
                             project(self.value[...]), segment_ids, positions,
@@ -109,11 +109,13 @@ class LanguageBlock(nnx.Module):
     return routing.apply(flat, self.out[...].reshape(g, h * dh, d))
 
   def _mlp(self, x, routing):
-    normed = routing.sort(self._norm(x, self.mlp_norm, routing))
-    gate = routing.matmul_sorted(normed, self.gate[...])
-    up = routing.matmul_sorted(normed, self.up[...])
-    return routing.unsort(
-        routing.matmul_sorted(jax.nn.silu(gate) * up, self.down[...]))
+    # The three projections stay in the slot layout, so the rows move into
+    # it and back out once.
+    normed = routing.to_slots(self._norm(x, self.mlp_norm, routing))
+    gate = routing.matmul(normed, self.gate[...])
+    up = routing.matmul(normed, self.up[...])
+    return routing.from_slots(
+        routing.matmul(jax.nn.silu(gate) * up, self.down[...]))
 
 
 class LanguageStack(nnx.Module):
@@ -150,11 +152,9 @@ class LanguageStack(nnx.Module):
     if not self.layers:
       return x
     routing = self.routing(language_ids)
+    apply_block = remat_layer(_apply_block, self.remat)
     for layer in self.layers:
-      if self.remat:
-        x = nnx.remat(_apply_block)(layer, x, routing, segment_ids, positions)
-      else:
-        x = layer(x, routing, segment_ids, positions)
+      x = apply_block(layer, x, routing, segment_ids, positions)
     return x
 
 

@@ -9,7 +9,7 @@ Parameters are stored in `param_dtype` and cast to the activation dtype at
 use. Normalisation, softmax and logits run in float32.
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from flax import nnx
 import jax
@@ -40,6 +40,33 @@ def make_param(rngs: nnx.Rngs, init, shape: Sequence[int],
     raise ValueError(f"axis names {names} do not match shape {shape}")
   annotated = nnx.with_partitioning(init, tuple(names), eager_sharding=False)
   return nnx.Param(annotated(rngs.params(), tuple(shape), dtype))
+
+
+# Rematerialisation policies by gin name: what the backward pass may keep
+# from the forward pass of a layer instead of recomputing it.
+REMAT_POLICIES = {
+    # Keep everything: no recomputation, the most memory.
+    "none": None,
+    # Keep only the layer's inputs and recompute the rest.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep the outputs of matmuls without batch dimensions (the projections)
+    # and recompute the cheap elementwise work and the attention scores.
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep all matmul outputs, attention scores included.
+    "save_all_dots": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def remat_layer(apply: Callable, policy: str) -> Callable:
+  """Wraps `apply(layer, *args)` in `nnx.remat` with a named policy.
+
+  Args:
+    apply: a function whose first argument is an `nnx.Module`.
+    policy: a key of `REMAT_POLICIES`.
+  """
+  if policy == "none":
+    return apply
+  return nnx.remat(apply, policy=REMAT_POLICIES[policy])
 
 
 def kernel_init(in_axis=-2, out_axis=-1, batch_axis=()):

@@ -27,6 +27,9 @@ selects trainable sets by regular expressions over them, for example
   core/layers/<i>/moe/router/kernel                   [D, E]
   core/layers/<i>/moe/gate, up                        [E, D, F_e]
   core/layers/<i>/moe/down                            [E, F_e, D]
+  core/layers/<i>/mlp/gate, up, down                  [D, F_e], [F_e, D],
+                                                      instead of moe/ in a
+                                                      dense core
   decoder/layers/<i>/...                              as in the encoder
   final_norm/scale                                    [D]
   lm_head/kernel                                      [D, V], absent when
@@ -45,7 +48,8 @@ import jax.numpy as jnp
 
 from sutra_jax.models.config import ModelConfig
 from sutra_jax.models.language_blocks import LanguageStack
-from sutra_jax.models.layers import Attention, Dense, Embed, RMSNorm
+from sutra_jax.models.layers import (MLP, Attention, Dense, Embed, RMSNorm,
+                                     remat_layer)
 from sutra_jax.models.moe import MoE
 
 
@@ -57,7 +61,11 @@ class ModelOutput:
     logits: [B, L, V] float32 next-token logits.
     core_hidden: [B, L, D] output of the concept core, before the decoder.
     aux: `load_balancing_loss` and `router_z_loss`, float32 scalars averaged
-      over the core layers, and `expert_load` [num_core_layers, E], the
+      over the core layers, the same per layer as
+      `layer_load_balancing_loss` and `layer_router_z_loss`
+      [num_core_layers], `dropped_slots` [num_core_layers], the routed
+      copies of real tokens that dispatch dropped, and `expert_load`
+      [num_core_layers, E], the
       fraction of each layer's routed token slots per expert. It also
       contains `expert_slot_counts` [num_core_layers, B, L, E], how many of
       each token's k slots each expert receives. This per-token view of the
@@ -71,7 +79,12 @@ class ModelOutput:
 
 
 class CoreLayer(nnx.Module):
-  """One concept core layer: pre-norm attention, then a pre-norm MoE."""
+  """One concept core layer: pre-norm attention, then a pre-norm MoE.
+
+  With `core_mlp='dense'` the MoE is replaced by one SwiGLU MLP (parameter
+  `mlp` instead of `moe`), the dense baseline of the same width as an
+  expert.
+  """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     norm_args = dict(eps=config.norm_eps, dtype=config.activation_dtype,
@@ -79,11 +92,18 @@ class CoreLayer(nnx.Module):
     self.attention_norm = RMSNorm(config.d_model, **norm_args)
     self.attention = Attention(config, rngs=rngs)
     self.mlp_norm = RMSNorm(config.d_model, **norm_args)
-    self.moe = MoE(config, rngs=rngs)
+    if config.core_mlp == "dense":
+      self.mlp = MLP(config.d_model, config.expert_mlp_dim,
+                     dtype=config.activation_dtype,
+                     param_dtype=config.weight_dtype, rngs=rngs)
+    else:
+      self.moe = MoE(config, rngs=rngs)
 
   def __call__(self, x, token_mask, segment_ids, positions):
-    """Maps [B, L, D] to ([B, L, D], the MoE's auxiliary outputs)."""
+    """Maps [B, L, D] to ([B, L, D], the MoE's auxiliary outputs or {})."""
     x = x + self.attention(self.attention_norm(x), segment_ids, positions)
+    if hasattr(self, "mlp"):
+      return x + self.mlp(self.mlp_norm(x)), {}
     update, aux = self.moe(self.mlp_norm(x), token_mask)
     return x + update, aux
 
@@ -104,17 +124,23 @@ class ConceptCore(nnx.Module):
   def __call__(self, x, token_mask, segment_ids, positions):
     """Maps [B, L, D] to ([B, L, D], auxiliary losses and expert load)."""
     layer_aux = []
+    call = remat_layer(_apply_core_layer, self.remat)
     for layer in self.layers:
-      call = nnx.remat(_apply_core_layer) if self.remat else _apply_core_layer
       x, aux = call(layer, x, token_mask, segment_ids, positions)
-      layer_aux.append(aux)
+      if aux:
+        layer_aux.append(aux)
     return x, self._combine(layer_aux, token_mask)
 
   def _combine(self, layer_aux, token_mask):
     if not layer_aux:
+      # No MoE layer (no core layers, or a dense core): zero losses and an
+      # empty load.
       zero = jnp.zeros((), jnp.float32)
       batch, length = token_mask.shape
       return {"load_balancing_loss": zero, "router_z_loss": zero,
+              "layer_load_balancing_loss": jnp.zeros((0,), jnp.float32),
+              "layer_router_z_loss": jnp.zeros((0,), jnp.float32),
+              "dropped_slots": jnp.zeros((0,), jnp.float32),
               "expert_load": jnp.zeros((0, self.num_experts), jnp.float32),
               "expert_slot_counts": jnp.zeros(
                   (0, batch, length, self.num_experts), jnp.float32)}
@@ -122,6 +148,9 @@ class ConceptCore(nnx.Module):
     # Averaged over layers, so a loss weight does not depend on depth.
     return {"load_balancing_loss": jnp.mean(stack("load_balancing_loss")),
             "router_z_loss": jnp.mean(stack("router_z_loss")),
+            "layer_load_balancing_loss": stack("load_balancing_loss"),
+            "layer_router_z_loss": stack("router_z_loss"),
+            "dropped_slots": stack("dropped_slots"),
             "expert_load": stack("expert_load"),
             "expert_slot_counts": stack("expert_slot_counts")}
 

@@ -41,16 +41,61 @@ def test_apply_matches_per_row_loop_with_empty_groups(implementation):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_routing_sort_is_stable_and_inverse():
+@pytest.mark.parametrize("implementation", ["ragged_dot", "tiled"])
+def test_slot_layout_is_grouped_stable_and_invertible(implementation):
   group_ids = np.array([2, 0, 2, 1, 0, 2])
-  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=4)
+  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=4,
+                                 implementation=implementation)
+  rows = jnp.arange(6.0)[:, None] + 1
 
-  np.testing.assert_array_equal(routing.order, [1, 4, 3, 0, 2, 5])
+  slots = np.asarray(routing.to_slots(rows))[:, 0]
+
+  # Filled slots list the rows of group 0, then 1, then 2, each in row
+  # order; tiled layouts add empty (zero) slots between groups.
+  np.testing.assert_array_equal(slots[slots > 0], [2, 5, 4, 1, 3, 6])
   np.testing.assert_array_equal(routing.group_sizes, [2, 1, 3, 0])
-  rows = jnp.arange(6.0)[:, None]
-  np.testing.assert_array_equal(routing.unsort(routing.sort(rows)), rows)
-  np.testing.assert_array_equal(routing.sort(rows)[:, 0],
-                                np.array([1, 4, 3, 0, 2, 5], np.float32))
+  np.testing.assert_array_equal(routing.from_slots(routing.to_slots(rows)),
+                                rows)
+
+
+def test_to_slots_reads_items_of_copies():
+  # Rows are k = 2 copies of 3 items: rows 2n and 2n + 1 copy item n.
+  routing = grouped.make_routing(jnp.array([1, 0, 0, 1, 1, 0]), num_groups=2,
+                                 implementation="ragged_dot")
+  items = jnp.array([[10.0], [20.0], [30.0]])
+
+  slots = routing.to_slots(items, rows_per_item=2)[:, 0]
+
+  np.testing.assert_array_equal(slots, [10, 20, 30, 10, 20, 30])
+
+
+def test_capacity_routing_keeps_first_rows_in_priority_order():
+  group_ids = jnp.array([0, 0, 1, 0, 5, 1, 0])
+  # Default order: rows 0, 1 of group 0 fit in C = 2, rows 3 and 6 do not.
+  routing, kept = grouped.make_capacity_routing(group_ids, 2, capacity=2)
+  np.testing.assert_array_equal(kept, [1, 1, 1, 0, 0, 1, 0])
+  np.testing.assert_array_equal(routing.slot_rows, [0, 1, 2, 5])
+  # Reversed priority: the last rows of each group win.
+  _, kept = grouped.make_capacity_routing(group_ids, 2, capacity=2,
+                                          priority=jnp.arange(7)[::-1])
+  np.testing.assert_array_equal(kept, [0, 0, 1, 1, 0, 1, 1])
+
+
+def test_capacity_routing_matmul_matches_loop_on_kept_rows():
+  x, weights = _random_problem(4, rows=20, groups=3)
+  group_ids = np.random.default_rng(4).integers(0, 3, 20)
+  routing, kept = grouped.make_capacity_routing(jnp.asarray(group_ids), 3,
+                                                capacity=5)
+
+  out = routing.apply(jnp.asarray(x), jnp.asarray(weights))
+
+  expected = _per_row_reference(x, weights, group_ids) * np.asarray(
+      kept)[:, None]
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  for g in range(3):
+    rows = np.flatnonzero(group_ids == g)
+    np.testing.assert_array_equal(np.asarray(kept)[rows],
+                                  np.arange(rows.size) < 5)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

@@ -1,4 +1,4 @@
-"""Tests for the router, the auxiliary losses and dropless expert dispatch."""
+"""Tests for the router, the auxiliary losses and the MoE layer."""
 
 from flax import nnx
 import jax
@@ -7,6 +7,8 @@ import numpy as np
 
 from sutra_jax.models import moe
 from sutra_jax.models.config import ModelConfig
+from sutra_jax.models.moe import dropless
+from sutra_jax.models.moe.experts import ExpertWeights
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -123,7 +125,8 @@ def test_moe_output_matches_per_token_loop():
   logits = tokens @ np.asarray(module.router.kernel[...], np.float64)
   experts, weights = _top2_reference(logits)
   expected = np.zeros_like(tokens)
-  for n in range(10):
+  # Padding tokens are dispatched nowhere, so their output stays zero.
+  for n in np.flatnonzero(mask.ravel()):
     for j in range(2):
       expected[n] += weights[n, j] * _expert_reference(module, tokens[n],
                                                        experts[n, j])
@@ -142,11 +145,35 @@ def test_dispatch_is_dropless_when_routing_is_skewed():
       np.float32)
   # Every token picks experts 3 and 5, and the other six experts get nothing.
   experts = jnp.tile(jnp.array([[3, 5]], jnp.int32), (6, 1))
+  weights = jnp.tile(jnp.array([[0.75, 0.25]], jnp.float32), (6, 1))
+  expert_weights = ExpertWeights(module.gate[...], module.up[...],
+                                 module.down[...])
 
-  out = jax.jit(module._dispatch)(jnp.asarray(tokens), experts)
+  result = jax.jit(lambda t: dropless.dispatch(
+      t, experts, weights, expert_weights, num_experts=8))(
+          jnp.asarray(tokens))
 
   for n in range(6):
-    for j, expert in enumerate((3, 5)):
-      np.testing.assert_allclose(
-          out[n, j], _expert_reference(module, tokens[n].astype(np.float64),
-                                       expert), **TOL)
+    token = tokens[n].astype(np.float64)
+    expected = (0.75 * _expert_reference(module, token, 3) +
+                0.25 * _expert_reference(module, token, 5))
+    np.testing.assert_allclose(result.output[n], expected, **TOL)
+  assert float(result.dropped_slots) == 0.0
+
+
+def test_balance_loss_grows_as_routing_collapses():
+  # Logits pull harder and harder towards expert 0; the loss is exactly 1
+  # at zero pull (uniform probabilities) and rises towards E / k * k = 8 *
+  # (1 * 1/2 + 0 * 1/2) = 4 when every token sends half its slots to expert
+  # 0 with probability 1.
+  noise = _random_logits(6, n=64)
+  mask = jnp.ones(64)
+  losses = []
+  for pull in (0.0, 1.0, 2.0, 4.0, 8.0, 32.0):
+    logits = 0.01 * noise * (pull > 0) + pull * np.eye(8)[0]
+    router = moe.route_top_k(jnp.asarray(logits, jnp.float32), k=2)
+    losses.append(float(moe.load_balancing_loss(router, mask)))
+
+  assert losses[0] == 1.0
+  assert all(b > a for a, b in zip(losses, losses[1:])), losses
+  np.testing.assert_allclose(losses[-1], 4.0, rtol=1e-4)
