@@ -21,6 +21,8 @@ so a perfectly balanced layer gives every expert 1 / E:
   moe/layer_<i>/load_cv    coefficient of variation (std / mean) of the E
                            loads; 0 is perfect balance, sqrt(E - 1) is all
                            slots on one expert
+  moe/layer_<i>/load_balancing_loss
+                           the load-balancing loss of core layer i
   moe/dropped_tokens       fraction of token slots dropped by dispatch
 """
 
@@ -72,10 +74,11 @@ class IntervalSummary:
       Languages without weighted tokens in the interval are left out.
     expert_load: [num_core_layers][E] expert loads (fractions of routed
       slots) averaged over the interval's steps.
-    dropped_tokens: fraction of token slots that dispatch dropped. The
-      dispatch of `sutra_jax.models.moe.MoE` is dropless, so this is always
-      0.0; it is logged so that runs with a capacity-limited dispatch can be
-      compared on the same chart.
+    dropped_tokens: fraction of the real tokens' routed copies that
+      dispatch dropped, averaged over the interval's steps; always 0.0 for
+      the dropless dispatch (`ModelConfig.moe_dispatch`).
+    layer_load_balancing_loss: [num_core_layers] load-balancing loss of
+      each core layer, averaged over the interval's steps.
     language_expert_counts: routed slots summed over the interval, per
       language code, as [num_core_layers][E]. Languages with no real tokens
       in the interval are left out. Not written to metrics.jsonl.
@@ -97,6 +100,8 @@ class IntervalSummary:
   mfu: float | None = None
   expert_load: list[list[float]] = dataclasses.field(default_factory=list)
   dropped_tokens: float = 0.0
+  layer_load_balancing_loss: list[float] = dataclasses.field(
+      default_factory=list)
   language_expert_counts: dict[str, list[list[float]]] = dataclasses.field(
       default_factory=dict)
 
@@ -191,8 +196,14 @@ class MetricsAccumulator:
         code: counts[i].tolist()
         for i, code in enumerate(self._codes) if counts[i].sum() > 0
     }
-    return {"expert_load": load.tolist(),
-            "language_expert_counts": by_language}
+    reduced = {"expert_load": load.tolist(),
+               "language_expert_counts": by_language}
+    if "dropped_fraction" in fetched[0]:
+      reduced["dropped_tokens"] = float(
+          np.mean([m["dropped_fraction"] for m in fetched]))
+      reduced["layer_load_balancing_loss"] = np.mean(
+          [m["layer_load_balancing_loss"] for m in fetched], axis=0).tolist()
+    return reduced
 
 
 def load_statistics(load: Sequence[float]) -> dict[str, float]:
@@ -268,6 +279,8 @@ class MetricsWriter:
     for layer, load in enumerate(summary.expert_load):
       for name, value in load_statistics(load).items():
         scalars[f"moe/layer_{layer}/{name}"] = value
+    for layer, value in enumerate(summary.layer_load_balancing_loss):
+      scalars[f"moe/layer_{layer}/load_balancing_loss"] = value
     for code, loss in summary.per_language_loss.items():
       scalars[f"lang/{code}/loss"] = loss
     for tag, value in scalars.items():

@@ -141,9 +141,12 @@ def compute_loss(params: PyTree, graphdef: nnx.GraphDef,
   """Runs the model and returns (objective, metrics).
 
   The objective is the masked cross-entropy plus the weighted load-balancing
-  and router z-losses of the concept core. Besides the losses, the metrics
-  contain `expert_load` [num_core_layers, E] and `language_expert_counts`
-  [N, num_core_layers, E] (see `expert_counts_by_language`).
+  and router z-losses of the concept core (averages over its layers).
+  Besides the losses, the metrics contain `layer_load_balancing_loss`
+  [num_core_layers], `dropped_fraction` (the share of routed copies of real
+  tokens that a capacity-limited dispatch dropped), `expert_load`
+  [num_core_layers, E] and `language_expert_counts` [N, num_core_layers, E]
+  (see `expert_counts_by_language`).
   """
   model = nnx.merge(graphdef, params)
   output = run_model(model, batch)
@@ -157,6 +160,11 @@ def compute_loss(params: PyTree, graphdef: nnx.GraphDef,
           loss_weights.router_z * router_z)
   metrics.update(loss=loss, load_balancing_loss=load_balancing,
                  router_z_loss=router_z,
+                 layer_load_balancing_loss=output.aux[
+                     "layer_load_balancing_loss"],
+                 dropped_fraction=_dropped_fraction(
+                     output.aux["dropped_slots"], batch,
+                     model.config.experts_per_token),
                  expert_load=output.aux["expert_load"])
   # The core routes the input token at each position, so its language is
   # the encoder language id. It differs from the decoder id at the
@@ -165,6 +173,19 @@ def compute_loss(params: PyTree, graphdef: nnx.GraphDef,
       expert_counts_by_language(output.aux["expert_slot_counts"],
                                 batch["encoder_language_ids"], num_languages))
   return loss, metrics
+
+
+def _dropped_fraction(dropped_slots: jax.Array, batch, k: int) -> jax.Array:
+  """Fraction of the real tokens' routed copies that dispatch dropped.
+
+  Args:
+    dropped_slots: [num_moe_layers] dropped copies per layer.
+    batch: the batch, whose non-zero segment ids mark real tokens.
+    k: experts per token.
+  """
+  real = jnp.sum(batch["decoder_segment_ids"] != 0)
+  copies = jnp.maximum(real, 1) * k * max(dropped_slots.shape[0], 1)
+  return jnp.sum(dropped_slots) / copies
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
