@@ -1,58 +1,79 @@
 r"""sutra-bench: time the train step on synthetic batches.
 
   sutra-bench language-mix [--json] [--steps=5] [--repeats=3]
-  sutra-bench language-mix --gin_file=models/tiny.gin --batch_size=4
+  sutra-bench train --preset=maxtext_tiny_moe [--dispatch=dropless] [--json]
+  sutra-bench moe [--json]
 
 `language-mix` times one full train step (forward, backward, AdamW update)
 on two batches of the same shape. In the first every token is in one
 language. The second packs 8 languages of 8 language groups into every row.
 It reports the median seconds per step of each and their ratio
-(mixed / single).
-The model has random parameters and the languages of the gin-bound
-`language_table` (default: the 28 demo languages).
+(mixed / single). The model has random parameters and the languages of the
+gin-bound `language_table` (default: the 28 demo languages).
+
+`train` times the train step of a fixed preset (see
+`sutra_jax.tools.bench_train.PRESETS`; the `maxtext_tiny_*` presets mirror
+the MaxText CPU anchor) and reports tokens/s and MFU against a matmul peak
+measured in the same process. `moe` runs the dense and the MoE preset in one
+process and reports the MoE's seconds per model FLOP over the dense one's.
 """
 
 import json
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import flags
 
 from sutra_jax.cli import common
 from sutra_jax.errors import ConfigError
 
-COMMANDS = ("language-mix",)
 DEFAULT_GIN_FILES = ("models/small.gin",)
 
 common.define_gin_flags()
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Sequences per batch.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "language-mix: sequences "
+                                   "per batch.")
 _SEQUENCE_LENGTH = flags.DEFINE_integer(
-    "sequence_length", 256, "Tokens per sequence; a multiple of 8, because "
-    "each row packs 8 segments.")
+    "sequence_length", 256, "language-mix: tokens per sequence; a multiple "
+    "of 8, because each row packs 8 segments.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per "
                               "measurement.")
 _REPEATS = flags.DEFINE_integer(
-    "repeats", 3, "Measurements of each batch, taken alternately; the "
-    "median is reported.")
+    "repeats", 3, "language-mix: measurements of each batch, taken "
+    "alternately; the median is reported.")
+_PRESET = flags.DEFINE_string("preset", "maxtext_tiny_moe",
+                              "train: the preset to time.")
+_DISPATCH = flags.DEFINE_string(
+    "dispatch", "dropless", "train, moe: MoE dispatch strategy (dropless, "
+    "capacity or expert_parallel).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "train, moe: activation "
+                             "dtype (float32 or bfloat16).")
+_REMAT = flags.DEFINE_string("remat", "none", "train, moe: remat policy "
+                             "(none, full, save_dots, save_all_dots).")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
 
 
-def _check_flags(argv: Sequence[str]) -> str:
-  """Validates the command line before anything heavy is imported."""
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise ConfigError(f"expected one command, one of {', '.join(COMMANDS)}; "
-                      f"got {' '.join(argv[1:]) or 'none'}")
-  for flag in (_BATCH_SIZE, _SEQUENCE_LENGTH, _STEPS, _REPEATS):
+def _check_positive(*flag_holders) -> None:
+  for flag in flag_holders:
     if flag.value <= 0:
       raise ConfigError(f"invalid --{flag.name} {flag.value}: expected a "
                         "positive integer")
-  if _SEQUENCE_LENGTH.value % 8:
-    raise ConfigError(f"invalid --sequence_length {_SEQUENCE_LENGTH.value}: "
-                      "expected a multiple of 8")
-  return argv[1]
 
 
-def format_table(report: dict) -> str:
+def _model_overrides() -> dict[str, str]:
+  """The train/moe flags as `ModelConfig` fields, validated by the config."""
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax.models.config import CHOICES, DTYPES
+  # pylint: enable=g-import-not-at-top
+  for flag, allowed in ((_DISPATCH, CHOICES["moe_dispatch"]),
+                        (_DTYPE, DTYPES), (_REMAT, CHOICES["remat"])):
+    if flag.value not in allowed:
+      raise ConfigError(f"invalid --{flag.name} {flag.value!r}: expected one "
+                        f"of {', '.join(allowed)}")
+  return dict(moe_dispatch=_DISPATCH.value, dtype=_DTYPE.value,
+              remat=_REMAT.value)
+
+
+def format_language_mix(report: dict) -> str:
   """Formats a `language_mix` report as aligned text lines."""
   return "\n".join([
       f"config      {report['config']}",
@@ -63,6 +84,34 @@ def format_table(report: dict) -> str:
       f"single      {report['single_language_step_seconds']:.4f} s/step",
       f"mixed (8)   {report['mixed_language_step_seconds']:.4f} s/step",
       f"ratio       {report['ratio']:.3f}",
+  ])
+
+
+def format_train(report: dict) -> str:
+  """Formats a `train_benchmark` report as aligned text lines."""
+  dispatch = report["moe_dispatch"] or "dense"
+  return "\n".join([
+      f"preset      {report['preset']} ({dispatch}, {report['dtype']}, "
+      f"remat {report['remat']})",
+      f"device      {report['device']}",
+      f"step        {report['step_seconds_median']:.4f} s (median of "
+      f"{report['steps']})",
+      f"tokens/s    {report['tokens_per_second']:.0f}",
+      f"FLOPs/token {report['model_flops_per_token'] / 1e6:.2f} M",
+      f"MFU         {100 * report['mfu']:.1f} % of "
+      f"{report['peak_flops_per_second'] / 1e9:.0f} GFLOP/s (measured)",
+      f"peak RSS    {report['peak_rss_bytes'] / 2**20:.0f} MiB",
+  ])
+
+
+def format_moe(report: dict) -> str:
+  """Formats a `moe_overhead` report as aligned text lines."""
+  return "\n".join([
+      f"dense       {report['dense']['tokens_per_second']:.0f} tokens/s, "
+      f"{report['dense_seconds_per_flop'] * 1e12:.3f} s per TFLOP",
+      f"moe         {report['moe']['tokens_per_second']:.0f} tokens/s, "
+      f"{report['moe_seconds_per_flop'] * 1e12:.3f} s per TFLOP",
+      f"overhead    {report['overhead']:.3f}",
   ])
 
 
@@ -86,14 +135,50 @@ def language_mix_report(gin_files: Sequence[str],
               gin_bindings=list(gin_bindings))
 
 
-def main(argv: Sequence[str]) -> int:
-  _check_flags(argv)
+def _language_mix() -> tuple[dict, Callable[[dict], str]]:
+  _check_positive(_BATCH_SIZE, _SEQUENCE_LENGTH, _STEPS, _REPEATS)
+  if _SEQUENCE_LENGTH.value % 8:
+    raise ConfigError(f"invalid --sequence_length {_SEQUENCE_LENGTH.value}: "
+                      "expected a multiple of 8")
   gin_files = flags.FLAGS.gin_file or list(DEFAULT_GIN_FILES)
-  report = language_mix_report(gin_files, flags.FLAGS.gin_bindings)
-  if _JSON.value:
-    print(json.dumps(report, indent=2))
-  else:
-    print(format_table(report))
+  return (language_mix_report(gin_files, flags.FLAGS.gin_bindings),
+          format_language_mix)
+
+
+def _train() -> tuple[dict, Callable[[dict], str]]:
+  _check_positive(_STEPS)
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax.tools import bench_train
+  # pylint: enable=g-import-not-at-top
+  bench_train.get_preset(_PRESET.value)
+  overrides = _model_overrides()
+  return (bench_train.train_benchmark(_PRESET.value, steps=_STEPS.value,
+                                      **overrides), format_train)
+
+
+def _moe() -> tuple[dict, Callable[[dict], str]]:
+  _check_positive(_STEPS)
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax.tools import bench_train
+  # pylint: enable=g-import-not-at-top
+  overrides = _model_overrides()
+  return bench_train.moe_overhead(steps=_STEPS.value, **overrides), format_moe
+
+
+# Each command validates its flags, runs, and returns (report, formatter).
+COMMANDS: dict[str, Callable[[], tuple[dict, Callable[[dict], str]]]] = {
+    "language-mix": _language_mix,
+    "train": _train,
+    "moe": _moe,
+}
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise ConfigError(f"expected one command, one of {', '.join(COMMANDS)}; "
+                      f"got {' '.join(argv[1:]) or 'none'}")
+  report, formatter = COMMANDS[argv[1]]()
+  print(json.dumps(report, indent=2) if _JSON.value else formatter(report))
   sys.stdout.flush()
   return 0
 

@@ -109,7 +109,7 @@ def synthetic_batches(table: languages.LanguageTable, batch_size: int,
   return single, mixed
 
 
-def _initial_state(model_config: ModelConfig, mesh, rules,
+def initial_state(model_config: ModelConfig, mesh, rules,
                    num_steps: int):
   """Returns (graphdef, optimizer, state shardings, state) for a new model."""
   model = partitioning.create_sharded_model(model_config, mesh, 0, rules)
@@ -182,7 +182,7 @@ def language_mix(model_config: ModelConfig, table: languages.LanguageTable,
                                     model_config.vocab_size)
   mesh = partitioning.make_mesh()
   rules = partitioning.axis_rules()
-  graphdef, optimizer, shardings, state = _initial_state(
+  graphdef, optimizer, shardings, state = initial_state(
       model_config, mesh, rules, num_steps=2 + 2 * steps * repeats)
   batch_sharding = partitioning.batch_sharding(mesh, rules,
                                                batch_size=batch_size)
@@ -211,7 +211,6 @@ def language_mix(model_config: ModelConfig, table: languages.LanguageTable,
 
   single_seconds = statistics.median(timings["single"])
   mixed_seconds = statistics.median(timings["mixed"])
-  devices = jax.devices()
   return {
       "single_language_step_seconds": single_seconds,
       "mixed_language_step_seconds": mixed_seconds,
@@ -221,6 +220,14 @@ def language_mix(model_config: ModelConfig, table: languages.LanguageTable,
       "steps": steps,
       "repeats": repeats,
       "mixed_languages": list(mixed_languages(table)),
+      **machine_context(),
+  }
+
+
+def machine_context() -> dict[str, str]:
+  """Devices, CPU and date of a measurement."""
+  devices = jax.devices()
+  return {
       "device": f"{len(devices)} x {devices[0].device_kind}",
       "platform": f"{platform.machine()} {platform.processor()}".strip(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(

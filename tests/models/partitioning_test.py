@@ -117,6 +117,37 @@ def test_axis_rules_reads_gin_binding():
                                        ("mlp", ("tensor", "fsdp")))
 
 
+def test_rules_gin_file_equals_default_rules():
+  import gin  # pylint: disable=g-import-not-at-top
+  from sutra_jax import gin_utils  # pylint: disable=g-import-not-at-top
+
+  gin.clear_config()
+  gin_utils.parse_config(["mesh/rules.gin"], [], finalize=False)
+
+  assert partitioning.axis_rules() == tuple(partitioning.DEFAULT_RULES)
+  gin.clear_config()
+
+
+@pytest.mark.parametrize("gin_file,shape,dispatch", [
+    ("mesh/data.gin", (8, 1, 1, 1), "dropless"),
+    ("mesh/fsdp.gin", (1, 8, 1, 1), "dropless"),
+    ("mesh/expert_parallel.gin", (2, 1, 4, 1), "expert_parallel"),
+    ("mesh/expert_tensor.gin", (2, 1, 2, 2), "expert_parallel"),
+])
+def test_mesh_gin_files_build_meshes(gin_file, shape, dispatch):
+  import gin  # pylint: disable=g-import-not-at-top
+  from sutra_jax import gin_utils  # pylint: disable=g-import-not-at-top
+
+  gin.clear_config()
+  gin_utils.parse_config(["models/tiny.gin", gin_file], [], finalize=False)
+
+  mesh = partitioning.make_mesh()
+  config = ModelConfig(num_language_groups=1, language_group_ids=(0,))
+  assert tuple(mesh.shape.values()) == shape
+  assert config.moe_dispatch == dispatch
+  gin.clear_config()
+
+
 @pytest.fixture(scope="module")
 def sharded_model():
   mesh = partitioning.make_mesh(data=2, expert=4)
