@@ -1,4 +1,6 @@
-"""seqio Tasks and phase mixtures from a gin-readable list of data sources.
+"""seqio Tasks from a gin-readable list of data sources.
+
+`sutra_jax.data.mixtures.source_mixture` registers them as a phase mixture.
 
 Each source is a dict. Its `kind` says where the data is and `name` prefixes
 its task names. A source gives one task per language or language pair:
@@ -39,12 +41,10 @@ import dataclasses
 import functools
 from typing import Any, Mapping, Sequence
 
-import gin
 import seqio
 
 from sutra_jax import languages
 from sutra_jax.data import file_sources
-from sutra_jax.data import mixtures
 from sutra_jax.data import tasks
 from sutra_jax.errors import ConfigError
 
@@ -279,63 +279,3 @@ def register_sources(
       _check_languages(task, language_table, _where(index, spec))
       registered.append(task)
   return registered
-
-
-@gin.configurable
-def source_mixture(
-    name: str = gin.REQUIRED,
-    vocabulary: "seqio.Vocabulary | str" = gin.REQUIRED,
-    sources: Sequence[Mapping[str, Any]] = gin.REQUIRED,
-    temperature: float = mixtures.DEFAULT_TEMPERATURE,
-    rate_overrides: Mapping[str, float] | None = None,
-    language_table: languages.LanguageTable | None = None,
-) -> str:
-  """Registers the tasks of some sources and their mixture; returns its name.
-
-  In a gin file, for example:
-
-      PhaseConfig.mixture = @source_mixture()
-      source_mixture.name = "pretrain"
-      source_mixture.vocabulary = "gs://bucket/spm.model"
-      source_mixture.sources = [
-          {"kind": "tfds", "name": "wiki", "languages": ["en", "hi"],
-           "dataset": "wiki40b/{language}:1.3.0", "cleaner": "wiki40b",
-           "data_dir": "gs://bucket/tfds"},
-          {"kind": "jsonl", "name": "web", "path": "gs://bucket/web"},
-      ]
-      source_mixture.rate_overrides = {"wiki_en": 0.1}
-
-  Args:
-    name: the mixture name; the registered name adds the vocabulary key.
-    vocabulary: a seqio vocabulary or the path of a SentencePiece model.
-    sources: source specs (see the module docstring).
-    temperature: sampling temperature over tasks, rate ∝ n^(1/T) (see
-      `sutra_jax.data.mixtures.temperature_rates`).
-    rate_overrides: fixed rates by task name without the vocabulary key.
-    language_table: the model's languages; defaults to the gin-bound
-      `language_table()`.
-
-  Returns:
-    The registered mixture name.
-
-  Raises:
-    ConfigError: an invalid spec, rate or language.
-    DataError: missing files or TFDS data, or no valid example.
-  """
-  table = language_table or languages.language_table()
-  vocabulary = tasks.as_vocabulary(vocabulary)
-  registered = register_sources(sources, vocabulary, table)
-  suffix = ".vocab_" + tasks.vocabulary_key(vocabulary)
-  base_names = [t.name.removesuffix(suffix) for t in registered]
-  for base in rate_overrides or {}:
-    if base not in base_names:
-      raise ConfigError(
-          f"source_mixture.rate_overrides names {base!r}, which is not in "
-          f"mixture {name!r}; use one of {', '.join(base_names)}")
-  overrides = {base + suffix: rate
-               for base, rate in (rate_overrides or {}).items()}
-  mixture_name = name + suffix
-  mixtures.register_mixture(mixture_name, [t.name for t in registered],
-                            temperature, overrides,
-                            where="source_mixture.rate_overrides")
-  return mixture_name

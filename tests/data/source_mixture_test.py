@@ -8,7 +8,6 @@ import seqio
 from sutra_jax import languages
 from sutra_jax.data import mixtures
 from sutra_jax.data import pipeline
-from sutra_jax.data import sources
 from sutra_jax.errors import ConfigError
 
 TABLE = languages.language_table()
@@ -28,7 +27,7 @@ def corpus_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mixture(corpus_dir, model_path):
-  return sources.source_mixture(
+  return mixtures.source_mixture(
       "test_sources", model_path,
       [{"kind": "text", "name": "files", "path": corpus_dir}],
       language_table=TABLE)
@@ -45,14 +44,14 @@ def test_rates_follow_temperature_formula(mixture):
 
 def test_overrides_and_unknown_override(corpus_dir, model_path):
   spec = [{"kind": "text", "name": "files", "path": corpus_dir}]
-  name = sources.source_mixture("test_override", model_path, spec,
+  name = mixtures.source_mixture("test_override", model_path, spec,
                                 rate_overrides={"files_ta": 0.25},
                                 language_table=TABLE)
   rates = {n.split(".")[0]: r for n, r in
            seqio.get_mixture_or_task(name).rate_per_task_name.items()}
   assert rates == pytest.approx({"files_hi": 0.75, "files_ta": 0.25})
   with pytest.raises(ConfigError, match="names 'files_xx'"):
-    sources.source_mixture("test_override", model_path, spec,
+    mixtures.source_mixture("test_override", model_path, spec,
                            rate_overrides={"files_xx": 0.1},
                            language_table=TABLE)
 
@@ -79,7 +78,7 @@ def test_mixture_shards_are_disjoint_and_cover(tmp_path, model_path,
                                                num_shards):
   (tmp_path / "ta.txt").write_text("".join(f"ta {i}\n" for i in range(13)))
   (tmp_path / "hi.txt").write_text("".join(f"hi {i}\n" for i in range(29)))
-  name = sources.source_mixture(
+  name = mixtures.source_mixture(
       f"test_shards_{num_shards}", model_path,
       [{"kind": "text", "name": "shards", "path": str(tmp_path)}],
       language_table=TABLE)
@@ -120,6 +119,6 @@ def test_source_mixture_from_gin(corpus_dir, model_path):
             'languages': ['ta']}}]
       source_mixture.temperature = 1.0
   """)
-  name = sources.source_mixture(language_table=TABLE)
+  name = mixtures.source_mixture(language_table=TABLE)
   assert [n.split(".")[0] for n in
           seqio.get_mixture_or_task(name).rate_per_task_name] == ["g_ta"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sutra_jax import languages
-from sutra_jax.data import sources
+from sutra_jax.data import mixtures
 from sutra_jax.training import trainer
 from sutra_jax.training.optimizers import OptimizerConfig
 from sutra_jax.training.phases import PhaseConfig
@@ -44,7 +44,7 @@ def test_resumed_run_reads_same_batches(tmp_path, model_path):
       "".join(f"hi line {i}\n" for i in range(300)))
   (tmp_path / "data" / "mr.txt").write_text(
       "".join(f"mr line {i}\n" for i in range(30)))
-  mixture = sources.source_mixture(
+  mixture = mixtures.source_mixture(
       "test_resume", model_path,
       [{"kind": "text", "name": "r", "path": str(tmp_path / "data")}],
       language_table=table)
