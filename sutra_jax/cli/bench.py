@@ -2,6 +2,7 @@ r"""sutra-bench: time the train step on synthetic batches.
 
   sutra-bench language-mix [--json] [--steps=5] [--repeats=3]
   sutra-bench language-mix --gin_file=models/tiny.gin --batch_size=4
+  sutra-bench input [--json]
 
 `language-mix` times one full train step (forward, backward, AdamW update)
 on two batches of the same shape. In the first every token is in one
@@ -10,6 +11,9 @@ It reports the median seconds per step of each and their ratio
 (mixed / single).
 The model has random parameters and the languages of the gin-bound
 `language_table` (default: the 28 demo languages).
+
+`input` compares the tokens per second of the input pipeline (demo corpus,
+packed) with those of the train step (`sutra_jax.tools.bench_input`).
 """
 
 import json
@@ -21,7 +25,7 @@ from absl import flags
 from sutra_jax.cli import common
 from sutra_jax.errors import ConfigError
 
-COMMANDS = ("language-mix",)
+COMMANDS = ("language-mix", "input")
 DEFAULT_GIN_FILES = ("models/small.gin",)
 
 common.define_gin_flags()
@@ -86,9 +90,35 @@ def language_mix_report(gin_files: Sequence[str],
               gin_bindings=list(gin_bindings))
 
 
+def input_report(gin_files: Sequence[str],
+                 gin_bindings: Sequence[str]) -> dict:
+  """Parses the gin config and runs `bench_input.input_throughput`."""
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax import gin_utils
+  from sutra_jax import languages
+  from sutra_jax.models.config import make_model_config
+  from sutra_jax.tools import bench_input
+  # pylint: enable=g-import-not-at-top
+
+  gin_utils.parse_config(gin_files, gin_bindings)
+  table = languages.language_table()
+  report = bench_input.input_throughput(
+      make_model_config(table), table, batch_size=_BATCH_SIZE.value,
+      sequence_length=_SEQUENCE_LENGTH.value, steps=_STEPS.value,
+      repeats=_REPEATS.value)
+  return dict(report, config=" + ".join(gin_files),
+              gin_bindings=list(gin_bindings))
+
+
 def main(argv: Sequence[str]) -> int:
-  _check_flags(argv)
+  command = _check_flags(argv)
   gin_files = flags.FLAGS.gin_file or list(DEFAULT_GIN_FILES)
+  if command == "input":
+    report = input_report(gin_files, flags.FLAGS.gin_bindings)
+    print(json.dumps(report, indent=2) if _JSON.value else
+          "\n".join(f"{key:<24}{value}" for key, value in report.items()))
+    sys.stdout.flush()
+    return 0
   report = language_mix_report(gin_files, flags.FLAGS.gin_bindings)
   if _JSON.value:
     print(json.dumps(report, indent=2))
