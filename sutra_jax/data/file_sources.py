@@ -202,7 +202,7 @@ def parse_record(raw: bytes, number: int, file_format: str, fields: Fields,
   """Parses one line or record; None for a blank line.
 
   Raises:
-    ValueError: the record is invalid; the message says why.
+    ValueError: the record is invalid; the message gives the reason.
   """
   if file_format == "text":
     text = _decode(raw).rstrip("\r\n")
