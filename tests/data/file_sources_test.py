@@ -88,8 +88,10 @@ def test_jsonl_languages_and_pairs(tmp_path, vocabulary, warnings):
                   for x in lines)
   path = _write(tmp_path / "mono" / "mixed.jsonl",
                 data + b"{not json\n" + INVALID)
+  empty = _write(tmp_path / "mono" / "empty.jsonl", b"")
   registered = sources.register_sources(
-      [{"kind": "jsonl", "name": "j", "path": str(path)}], vocabulary)
+      [{"kind": "jsonl", "name": "j", "path": str(tmp_path / "mono")}],
+      vocabulary)
   assert [(t.inputs_language, t.targets_language) for t in registered] == [
       ("en", "en"), ("hi", "hi")]
   assert [t[1] for t in _texts(registered[0].name, vocabulary)] == ["hello"]
@@ -97,6 +99,7 @@ def test_jsonl_languages_and_pairs(tmp_path, vocabulary, warnings):
     assert any(w.startswith(f"Skipping line {number} of {path}")
                for w in warnings), number
   assert f"Skipped 4 invalid records of {path}" in warnings
+  assert f"{empty} has no examples" in warnings
 
   pair = {"source": "hello", "source_language": "en", "text": "नमस्ते",
           "language": "hi"}
