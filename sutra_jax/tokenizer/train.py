@@ -371,8 +371,8 @@ def train_with_parity(
 
   After each training, every language parallel to English (same number of
   lines) has its sampling share multiplied by (its tokens / English tokens)
-  ^ `strength` on the training text, so languages that still need more
-  tokens than English get more of the sample and so more pieces. With
+  ^ `strength`, counted on the training text. Languages that still need
+  more tokens than English so get more of the sample, and more pieces. With
   parallel text such as NTREX-128 this evens out the ratio to English.
 
   Args:
