@@ -47,6 +47,9 @@ EXTENSIONS = {"text": (".txt",), "jsonl": (".jsonl", ".json"),
 # Warnings per file about skipped records; the count covers all of them.
 MAX_WARNINGS_PER_FILE = 10
 
+# Records per element of the generator dataset of `FileSource`.
+_CHUNK = 1024
+
 # (source language or None, language) of a monolingual or parallel example.
 Pair = tuple[str | None, str]
 
@@ -357,12 +360,23 @@ class FileSource(seqio.DataSource):
                         f"{', '.join(self._split_files)}")
 
     def generate():
+      # Records travel in chunks, because tf.data's cost per generator
+      # element (about 0.5 ms) would otherwise cap reading at about 2,000
+      # examples per second.
+      inputs, targets = [], []
       for record in self.shard_records(split, shard_info):
-        yield {"inputs": record.source, "targets": record.text}
+        inputs.append(record.source)
+        targets.append(record.text)
+        if len(targets) == _CHUNK:
+          yield {"inputs": inputs, "targets": targets}
+          inputs, targets = [], []
+      if targets:
+        yield {"inputs": inputs, "targets": targets}
 
-    spec = tf.TensorSpec(shape=(), dtype=tf.string)
+    spec = tf.TensorSpec(shape=[None], dtype=tf.string)
     return tf.data.Dataset.from_generator(
-        generate, output_signature={"inputs": spec, "targets": spec})
+        generate, output_signature={"inputs": spec, "targets": spec}
+    ).unbatch()
 
 
 def pair_sources(split_paths: Mapping[str, str], file_format: str,
