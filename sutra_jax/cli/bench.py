@@ -3,6 +3,7 @@ r"""sutra-bench: time the train step on synthetic batches.
   sutra-bench language-mix [--json] [--steps=5] [--repeats=3]
   sutra-bench train --preset=maxtext_tiny_moe [--dispatch=dropless] [--json]
   sutra-bench moe [--json]
+  sutra-bench input [--json]
 
 `language-mix` times one full train step (forward, backward, AdamW update)
 on two batches of the same shape. In the first every token is in one
@@ -16,6 +17,9 @@ gin-bound `language_table` (default: the 28 demo languages).
 the MaxText CPU anchor) and reports tokens/s and MFU against a matmul peak
 measured in the same process. `moe` runs the dense and the MoE preset in one
 process and reports the MoE's seconds per model FLOP over the dense one's.
+
+`input` compares the tokens per second of the input pipeline (demo corpus,
+packed) with those of the train step (`sutra_jax.tools.bench_input`).
 """
 
 import json
@@ -135,6 +139,38 @@ def language_mix_report(gin_files: Sequence[str],
               gin_bindings=list(gin_bindings))
 
 
+def input_report(gin_files: Sequence[str],
+                 gin_bindings: Sequence[str]) -> dict:
+  """Parses the gin config and runs `bench_input.input_throughput`."""
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax import gin_utils
+  from sutra_jax import languages
+  from sutra_jax.models.config import make_model_config
+  from sutra_jax.tools import bench_input
+  # pylint: enable=g-import-not-at-top
+
+  gin_utils.parse_config(gin_files, gin_bindings)
+  table = languages.language_table()
+  report = bench_input.input_throughput(
+      make_model_config(table), table, batch_size=_BATCH_SIZE.value,
+      sequence_length=_SEQUENCE_LENGTH.value, steps=_STEPS.value,
+      repeats=_REPEATS.value)
+  return dict(report, config=" + ".join(gin_files),
+              gin_bindings=list(gin_bindings))
+
+
+def format_key_values(report: dict) -> str:
+  """Formats a flat report as one `key value` line per field."""
+  return "\n".join(f"{key:<24}{value}" for key, value in report.items())
+
+
+def _input() -> tuple[dict, Callable[[dict], str]]:
+  _check_positive(_BATCH_SIZE, _SEQUENCE_LENGTH, _STEPS, _REPEATS)
+  gin_files = flags.FLAGS.gin_file or list(DEFAULT_GIN_FILES)
+  return (input_report(gin_files, flags.FLAGS.gin_bindings),
+          format_key_values)
+
+
 def _language_mix() -> tuple[dict, Callable[[dict], str]]:
   _check_positive(_BATCH_SIZE, _SEQUENCE_LENGTH, _STEPS, _REPEATS)
   if _SEQUENCE_LENGTH.value % 8:
@@ -170,6 +206,7 @@ COMMANDS: dict[str, Callable[[], tuple[dict, Callable[[dict], str]]]] = {
     "language-mix": _language_mix,
     "train": _train,
     "moe": _moe,
+    "input": _input,
 }
 
 

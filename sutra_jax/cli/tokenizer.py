@@ -1,15 +1,29 @@
-r"""sutra-tokenizer: train a multilingual SentencePiece model and report on it.
+r"""sutra-tokenizer: train, extend and measure SentencePiece models.
 
   sutra-tokenizer train --input_dir DIR --vocab_size N --output PREFIX \
-      [--model_type unigram|bpe] [--temperature T] [--languages hi,ta]
+      [--model_type unigram|bpe] [--language_balance temperature|uniform] \
+      [--temperature T] [--languages hi,ta] [--normalization identity] \
+      [--parity_rounds 1]
   sutra-tokenizer train --demo_corpus --vocab_size 8000 --output PREFIX
   sutra-tokenizer report --model PREFIX.model (--input_dir DIR | --demo_corpus)
+  sutra-tokenizer merge --base BASE.model --model PREFIX.model \
+      --output MERGED [--max_new_pieces N]
+  sutra-tokenizer fertility --model FILE [--reference FILE ...] \
+      --parallel_dir DIR [--json] [--chart FILE.png]
 
-DIR contains one UTF-8 text file per language, `<code>.txt`, or one folder per
-language, `<code>/`, whose `*.txt` files are read. `train` writes PREFIX.model
-and PREFIX.vocab. `report` prints the tokens per word of each language.
+DIR contains one UTF-8 text file per language, `<code>.txt` or named as
+NTREX-128 names them (`newstest2019-ref.hin.txt`, English
+`newstest2019-src.eng.txt`), or one folder per language, `<code>/`, whose
+`*.txt` files are read. `train` writes PREFIX.model and PREFIX.vocab.
+`report` prints the tokens per word of each language. `merge` appends the
+pieces of --model that --base lacks, keeping every base id, and writes
+MERGED.model, MERGED.vocab and MERGED.id_map.json. `fertility` prints tokens
+per word, tokens per character and the ratio to English of each language for
+--model and each --reference (SentencePiece .model or tiktoken .tiktoken).
 """
 
+import json
+import math
 import os
 import pathlib
 import time
@@ -22,9 +36,11 @@ from sutra_jax import languages
 from sutra_jax.cli import common
 from sutra_jax.errors import ConfigError
 from sutra_jax.errors import DataError
+from sutra_jax.tokenizer import fertility
+from sutra_jax.tokenizer import merge
 from sutra_jax.tokenizer import train
 
-COMMANDS = ("train", "report")
+COMMANDS = ("train", "report", "merge", "fertility")
 
 _INPUT_DIR = flags.DEFINE_string(
     "input_dir", None,
@@ -59,8 +75,39 @@ _NUM_THREADS = flags.DEFINE_integer(
     "num_threads", 1,
     "SentencePiece trainer threads. The learned pieces depend on the thread "
     "count, so keep 1 for a reproducible model; use more for large corpora.")
-_MODEL = flags.DEFINE_string("model", None,
-                             "SentencePiece .model file to report on.")
+_LANGUAGE_BALANCE = flags.DEFINE_enum(
+    "language_balance", "temperature", ("temperature", "uniform"),
+    "How training lines are drawn per language: temperature sampling "
+    "(--temperature) or the same number of lines for every language.")
+_PARITY_ROUNDS = flags.DEFINE_integer(
+    "parity_rounds", 0,
+    "Retrainings that reweight each language by (its tokens / English "
+    "tokens)^--parity_strength on the training text; needs English text "
+    "parallel to the other languages.")
+_PARITY_STRENGTH = flags.DEFINE_float(
+    "parity_strength", 2.0, "Exponent of the parity reweighting.")
+_NORMALIZATION = flags.DEFINE_string(
+    "normalization", "identity",
+    "SentencePiece normalization rule; identity keeps the text unchanged, so "
+    "decoding restores it exactly. nfkc or nmt_nfkc change the text.")
+_MODEL = flags.DEFINE_string(
+    "model", None, "SentencePiece .model file to report on, to merge into "
+    "--base, or to measure with fertility.")
+_BASE = flags.DEFINE_string(
+    "base", None, "merge: the SentencePiece model whose ids are kept.")
+_MAX_NEW_PIECES = flags.DEFINE_integer(
+    "max_new_pieces", None, "merge: append at most this many pieces.")
+_REFERENCE = flags.DEFINE_multi_string(
+    "reference", [], "fertility: a reference tokenizer, SentencePiece .model "
+    "or tiktoken .tiktoken; repeat for several.")
+_PARALLEL_DIR = flags.DEFINE_string(
+    "parallel_dir", None, "fertility: folder of parallel files, one per "
+    "language, with the English newstest2019-src.eng.txt.")
+_JSON = flags.DEFINE_bool("json", False,
+                          "fertility: print JSON instead of a table.")
+_CHART = flags.DEFINE_string(
+    "chart", None, "fertility: also write a bar chart of the ratios to "
+    "English to this PNG file.")
 
 
 def _read_text_file(path: pathlib.Path) -> list[str]:
@@ -85,17 +132,20 @@ def read_text_dir(input_dir: str) -> dict[str, list[str]]:
     raise DataError(f"data directory not found: {input_dir!r}; pass an "
                     "existing folder with one <code>.txt file per language "
                     "to --input_dir, or use --demo_corpus")
+  if not any(root.glob("*.txt")) and (root / "text").is_dir():
+    root = root / "text"  # The layout of the NTREX-128 subset.
   texts = {}
   for entry in sorted(root.iterdir()):
     if entry.is_dir():
       code, files = entry.name, sorted(entry.glob("*.txt"))
     elif entry.suffix == ".txt":
-      code, files = entry.stem, [entry]
+      code, files = fertility.language_of_file(entry.name) or entry.stem, [
+          entry]
     else:
       logging.info("Ignoring %s: not a .txt file or language folder", entry)
       continue
     try:
-      languages.validate_code(code)
+      train.validate_language_label(code)
     except ConfigError as e:
       raise ConfigError(f"{e} (from the name of {str(entry)!r}); name each "
                         "file <code>.txt or folder <code>/") from None
@@ -144,13 +194,16 @@ def _train() -> None:
                       "runs/demo/spm")
   texts = _load_texts()
   start = time.monotonic()
-  model_path = train.train_sentencepiece(
+  model_path = train.train_with_parity(
       texts, _OUTPUT.value, _VOCAB_SIZE.value,
+      rounds=_PARITY_ROUNDS.value, strength=_PARITY_STRENGTH.value,
       model_type=_MODEL_TYPE.value,
-      temperature=_TEMPERATURE.value,
+      temperature=(math.inf if _LANGUAGE_BALANCE.value == "uniform"
+                   else _TEMPERATURE.value),
       sample_lines=_SAMPLE_LINES.value,
       seed=_SEED.value,
       character_coverage=_CHARACTER_COVERAGE.value,
+      normalization_rule_name=_NORMALIZATION.value,
       num_threads=_NUM_THREADS.value)
   print(f"wrote {model_path} and {os.path.splitext(model_path)[0]}.vocab "
         f"({_VOCAB_SIZE.value} pieces, {len(texts)} languages, "
@@ -168,16 +221,43 @@ def _report() -> None:
     print(f"{code}\t{value:.3f}")
 
 
+def _merge() -> None:
+  if not _BASE.value or not _MODEL.value or not _OUTPUT.value:
+    raise ConfigError("merge needs --base BASE.model, --model PREFIX.model "
+                      "and --output MERGED")
+  if _MAX_NEW_PIECES.value is not None and _MAX_NEW_PIECES.value < 0:
+    raise ConfigError(f"invalid --max_new_pieces {_MAX_NEW_PIECES.value}: "
+                      "expected 0 or more")
+  id_map = merge.merge_models(_BASE.value, _MODEL.value, _OUTPUT.value,
+                              _MAX_NEW_PIECES.value)
+  print(f"wrote {_OUTPUT.value}.model ({id_map['base_vocab_size']} base "
+        f"pieces + {id_map['new_pieces']} new = {id_map['vocab_size']}), "
+        f"{_OUTPUT.value}.vocab and {_OUTPUT.value}.id_map.json")
+
+
+def _fertility() -> None:
+  if not _MODEL.value or not _PARALLEL_DIR.value:
+    raise ConfigError("fertility needs --model FILE and --parallel_dir DIR")
+  report = fertility.fertility_report(_MODEL.value, _REFERENCE.value,
+                                      _PARALLEL_DIR.value)
+  if _CHART.value:
+    fertility.write_chart(report, _CHART.value)
+  if _JSON.value:
+    print(json.dumps(report, indent=2))
+    return
+  for metric in fertility.METRICS:
+    print(fertility.format_table(report, metric))
+    print()
+
+
 def main(argv: Sequence[str]) -> None:
   commands = list(argv[1:])
   if len(commands) != 1 or commands[0] not in COMMANDS:
     raise ConfigError(f"expected one command, {' or '.join(COMMANDS)}; got "
                       f"{' '.join(commands) or 'none'}. Run "
                       "`sutra-tokenizer train --help` for the flags")
-  if commands[0] == "train":
-    _train()
-  else:
-    _report()
+  {"train": _train, "report": _report, "merge": _merge,
+   "fertility": _fertility}[commands[0]]()
 
 
 def run() -> None:

@@ -2,8 +2,12 @@
 
 Every example becomes one decoder sequence: its `inputs` tokens (the source
 side of a translation, empty for monolingual text) followed by its `targets`
-tokens. The sequence is truncated to the model length L, and with packing
-several sequences share one row of length L.
+tokens. With packing several sequences share one row of length L.
+
+A sequence longer than L is truncated so that each side keeps its last token,
+the EOS: the source keeps at most max(L - m, L // 2) tokens for m target
+tokens, the target gets the rest, and the last kept token of a cut side is
+replaced by that side's EOS.
 
 Model features, all of shape [L] per example:
 
@@ -38,6 +42,7 @@ token and predicts the first target token.
 
 from typing import Mapping
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -52,6 +57,41 @@ _LANGUAGE_PLUS_ONE = "token_language_plus_one"
 _LOSS_PLUS_ONE = "loss_weight_plus_one"
 
 
+def _cut_keeping_last(tokens: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+  """Returns the first `keep` tokens, ending with the original last token."""
+  size = tf.size(tokens)
+  return tf.cond(
+      keep >= size, lambda: tokens,
+      lambda: tf.cond(keep > 0,
+                      lambda: tf.concat([tokens[:keep - 1], tokens[-1:]], 0),
+                      lambda: tokens[:0]))
+
+
+def truncate_pair(inputs: tf.Tensor, targets: tf.Tensor,
+                  length: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Cuts [n] inputs and [m] targets to n' + m' <= length, keeping EOS.
+
+  When n + m > length, the inputs keep min(n, max(length - m, length // 2))
+  tokens and the targets the rest, and each cut side ends with its original
+  last token (the EOS that the task appended).
+  """
+  num_inputs = tf.size(inputs)
+  num_targets = tf.size(targets)
+  keep_inputs = tf.where(
+      num_inputs + num_targets > length,
+      tf.minimum(num_inputs, tf.maximum(length - num_targets, length // 2)),
+      num_inputs)
+  keep_targets = tf.minimum(num_targets, length - keep_inputs)
+  return (_cut_keeping_last(inputs, keep_inputs),
+          _cut_keeping_last(targets, keep_targets))
+
+
+def packing_efficiency(segment_ids) -> float:
+  """Returns the fraction of non-padding tokens of [..., L] segment ids."""
+  segment_ids = np.asarray(segment_ids)
+  return float((segment_ids > 0).mean()) if segment_ids.size else 0.0
+
+
 class SutraFeatureConverter(seqio.FeatureConverter):
   """Packs `inputs` + `targets` into decoder features with language ids.
 
@@ -59,7 +99,8 @@ class SutraFeatureConverter(seqio.FeatureConverter):
   string scalars `inputs_language` and `targets_language`, which must be codes
   of `language_table`. The model length is the `targets` entry of
   `task_feature_lengths`. The `inputs` entry only bounds the source side, and
-  a concatenated example longer than the model length loses its end.
+  a concatenated example longer than the model length is cut by
+  `truncate_pair`, so that both sides keep their EOS.
 
   Unlike seqio's own converters, this one emits `decoder_segment_ids` and
   `decoder_positions` without packing too (one segment per row), so the model
@@ -115,10 +156,10 @@ class SutraFeatureConverter(seqio.FeatureConverter):
             f"the dataset has {spec}. Register the task with "
             "sutra_jax.data.tasks or add the feature in a preprocessor")
 
-  def _concatenate(self, example, lookup):
+  def _concatenate(self, example, lookup, length: int):
     """Joins inputs and targets and adds the per-token helper features."""
-    inputs = example["inputs"]
-    targets = example["targets"]
+    inputs, targets = truncate_pair(example["inputs"], example["targets"],
+                                    length)
     source_id = lookup.lookup(example["inputs_language"])
     target_id = lookup.lookup(example["targets_language"])
     with tf.control_dependencies([
@@ -175,9 +216,9 @@ class SutraFeatureConverter(seqio.FeatureConverter):
                         ) -> tf.data.Dataset:
     self._check_language_features(ds)
     lookup = self._language_lookup()
-    ds = ds.map(lambda ex: self._concatenate(ex, lookup),
-                num_parallel_calls=tf.data.AUTOTUNE)
     length = task_feature_lengths["targets"]
+    ds = ds.map(lambda ex: self._concatenate(ex, lookup, length),
+                num_parallel_calls=tf.data.AUTOTUNE)
     ds = self._pack_or_pad(ds, {
         "targets": length,
         _LANGUAGE_PLUS_ONE: length,

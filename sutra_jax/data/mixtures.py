@@ -11,11 +11,14 @@ The mixture samples from task datasets that repeat, so it keeps going after a
 small task has been read once. With `num_epochs=1` (no repetition) it reads
 every task to its end, because the sampler skips exhausted tasks instead of
 stopping.
+
+`phase_mixture` mixes tasks of the embedded demo corpus, `source_mixture` the
+tasks of file and TFDS sources (`sutra_jax.data.sources`).
 """
 
 import functools
 import math
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from absl import logging
 import gin
@@ -259,4 +262,68 @@ def phase_mixture(
   mixture_name = name + suffix
   register_mixture(mixture_name, task_names, temperature, full_overrides,
                    where="phase_mixture.rate_overrides")
+  return mixture_name
+
+
+@gin.configurable
+def source_mixture(
+    name: str = gin.REQUIRED,
+    vocabulary: "seqio.Vocabulary | str" = gin.REQUIRED,
+    sources: Sequence[Mapping[str, Any]] = gin.REQUIRED,
+    temperature: float = DEFAULT_TEMPERATURE,
+    rate_overrides: Mapping[str, float] | None = None,
+    language_table: languages.LanguageTable | None = None,
+) -> str:
+  """Registers the tasks of some sources and their mixture; returns its name.
+
+  In a gin file, for example:
+
+      PhaseConfig.mixture = @source_mixture()
+      source_mixture.name = "pretrain"
+      source_mixture.vocabulary = "gs://bucket/spm.model"
+      source_mixture.sources = [
+          {"kind": "tfds", "name": "wiki", "languages": ["en", "hi"],
+           "dataset": "wiki40b/{language}:1.3.0", "cleaner": "wiki40b",
+           "data_dir": "gs://bucket/tfds"},
+          {"kind": "jsonl", "name": "web", "path": "gs://bucket/web"},
+      ]
+      source_mixture.rate_overrides = {"wiki_en": 0.1}
+
+  Args:
+    name: the mixture name; the registered name adds the vocabulary key.
+    vocabulary: a seqio vocabulary or the path of a SentencePiece model.
+    sources: source specs (see `sutra_jax.data.sources`).
+    temperature: sampling temperature over tasks, rate ∝ n^(1/T) (see
+      `temperature_rates`).
+    rate_overrides: fixed rates by task name without the vocabulary key.
+    language_table: the model's languages; defaults to the gin-bound
+      `language_table()`.
+
+  Returns:
+    The registered mixture name.
+
+  Raises:
+    ConfigError: an invalid spec, rate or language.
+    DataError: missing files or TFDS data, or no valid example.
+  """
+  # Imported here: sources and tasks import TensorFlow (see the top).
+  from sutra_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
+  from sutra_jax.data import tasks  # pylint: disable=g-import-not-at-top
+
+  table = language_table or languages.language_table()
+  vocabulary = tasks.as_vocabulary(vocabulary)
+  registered = sources_lib.register_sources(sources, vocabulary, table)
+  suffix = ".vocab_" + tasks.vocabulary_key(vocabulary)
+  base_names = [t.name.removesuffix(suffix) for t in registered]
+  for base in rate_overrides or {}:
+    if base not in base_names:
+      raise ConfigError(
+          f"source_mixture.rate_overrides names {base!r}, which is not in "
+          f"mixture {name!r}; use one of {', '.join(base_names)}")
+  overrides = {base + suffix: rate
+               for base, rate in (rate_overrides or {}).items()}
+  mixture_name = name + suffix
+  register_mixture(mixture_name, [t.name for t in registered],
+                            temperature, overrides,
+                            where="source_mixture.rate_overrides")
   return mixture_name

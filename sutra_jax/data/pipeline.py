@@ -18,6 +18,7 @@ import seqio
 import tensorflow as tf
 
 from sutra_jax import languages
+from sutra_jax.data import sources
 from sutra_jax.data import tasks
 from sutra_jax.data.feature_converter import SutraFeatureConverter
 from sutra_jax.errors import ConfigError
@@ -41,11 +42,11 @@ def _provider(name: str) -> seqio.Task | seqio.Mixture:
 
 
 def _check_task_languages(provider, table: languages.LanguageTable) -> None:
-  """Checks the languages of the demo tasks of `provider` against `table`."""
+  """Checks the languages of the demo and source tasks of `provider`."""
   task_list = (provider.tasks if isinstance(provider, seqio.Mixture)
                else [provider])
   for task in task_list:
-    info = tasks.task_info(task.name)
+    info = tasks.task_info(task.name) or sources.source_task(task.name)
     if info is not None:
       languages.check_codes([info.inputs_language, info.targets_language],
                             table, f"the languages of task {task.name!r}")

@@ -45,6 +45,24 @@ UNSEGMENTED_LANGUAGES = frozenset({"ja", "zh", "zh-Hant", "zh-Hans", "th",
 # --- input preparation ------------------------------------------------------
 
 
+def validate_language_label(code: str) -> str:
+  """Checks a training language code; a region subtag is allowed.
+
+  Training only balances languages, so NTREX codes such as `zho-CN` and
+  `eng-IN` (ISO 639 plus an ISO 3166 region) are accepted besides the
+  model's language codes (`sutra_jax.languages.validate_code`).
+
+  Raises:
+    ConfigError: the language part is not ISO 639, or the subtag is neither
+      an ISO 15924 script nor a region.
+  """
+  language, _, region = code.partition("-")
+  if region and (re.fullmatch(r"[A-Z]{2}|\d{3}", region)):
+    languages.validate_code(language)
+    return code
+  return languages.validate_code(code)
+
+
 def split_long_line(line: str,
                     max_bytes: int = MAX_SENTENCE_BYTES) -> list[str]:
   """Splits `line` into chunks of at most `max_bytes` UTF-8 bytes.
@@ -77,18 +95,25 @@ def _training_lines(texts: Sequence[str], max_bytes: int) -> list[str]:
 
 
 def language_quotas(line_counts: Mapping[str, int], temperature: float,
-                    total: int) -> dict[str, int]:
+                    total: int,
+                    language_weights: Mapping[str, float] | None = None
+                    ) -> dict[str, int]:
   """Divides `total` sampled lines between languages, ∝ count^(1/temperature).
 
+  `language_weights` multiply the share of some languages (default 1).
   Every language with lines gets at least one.
   """
-  weights = {c: n**(1 / temperature) for c, n in line_counts.items() if n > 0}
+  extra = language_weights or {}
+  weights = {c: n**(1 / temperature) * extra.get(c, 1.0)
+             for c, n in line_counts.items() if n > 0}
   norm = sum(weights.values())
   return {c: max(1, round(total * w / norm)) for c, w in weights.items()}
 
 
 def balanced_sample(lines_by_language: Mapping[str, Sequence[str]],
-                    temperature: float, total: int, seed: int) -> list[str]:
+                    temperature: float, total: int, seed: int,
+                    language_weights: Mapping[str, float] | None = None
+                    ) -> list[str]:
   """Draws a language-balanced sample of lines.
 
   A language whose quota exceeds its lines contributes each of its lines
@@ -102,6 +127,7 @@ def balanced_sample(lines_by_language: Mapping[str, Sequence[str]],
       larger values move towards uniform.
     total: the approximate number of lines to draw.
     seed: seeds the random choices.
+    language_weights: multipliers of some languages' shares.
 
   Returns:
     The sampled lines, shuffled.
@@ -109,7 +135,7 @@ def balanced_sample(lines_by_language: Mapping[str, Sequence[str]],
   rng = random.Random(seed)
   quotas = language_quotas(
       {c: len(lines) for c, lines in lines_by_language.items()}, temperature,
-      total)
+      total, language_weights)
   sample = []
   for code in sorted(quotas):
     lines = list(lines_by_language[code])
@@ -127,7 +153,7 @@ def _validate_arguments(texts_by_language, vocab_size, model_type, temperature,
                         sample_lines_count, user_defined_symbols,
                         character_coverage) -> None:
   for code in texts_by_language:
-    languages.validate_code(code)
+    validate_language_label(code)
   if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
     raise ConfigError(f"invalid vocab_size {vocab_size!r}: expected an integer")
   minimum = _RESERVED_PIECES + len(user_defined_symbols) + 1
@@ -200,6 +226,7 @@ def train_sentencepiece(
     normalization_rule_name: str = "identity",
     max_sentence_length: int = MAX_SENTENCE_BYTES,
     num_threads: int = 1,
+    language_weights: Mapping[str, float] | None = None,
 ) -> str:
   """Trains a SentencePiece model on a language-balanced sample.
 
@@ -231,6 +258,8 @@ def train_sentencepiece(
       the thread count (SentencePiece 0.2.3), so the default of 1 makes a
       model reproducible from its inputs and seed; use more for large
       corpora.
+    language_weights: multipliers of some languages' sampling shares, such
+      as those of `parity_weights`.
 
   Returns:
     The path of the written `.model` file.
@@ -254,7 +283,8 @@ def train_sentencepiece(
     raise DataError("no training text: every language is empty; pass text "
                     "files with at least one non-blank line")
   total = sample_lines or sum(len(l) for l in lines_by_language.values())
-  sample = balanced_sample(lines_by_language, temperature, total, seed)
+  sample = balanced_sample(lines_by_language, temperature, total, seed,
+                           language_weights)
 
   output_prefix = os.path.abspath(output_prefix)
   output_dir = os.path.dirname(output_prefix)
@@ -298,6 +328,93 @@ def train_sentencepiece(
   finally:
     shutil.rmtree(staging_dir, ignore_errors=True)
   return output_prefix + ".model"
+
+
+# --- parity balancing -------------------------------------------------------
+
+
+def parity_weights(model_path: str,
+                   texts_by_language: Mapping[str, Sequence[str]],
+                   english: str, strength: float) -> dict[str, float]:
+  """Returns each parallel language's (tokens / English tokens)^strength.
+
+  A language is parallel to English when it has as many lines; its ratio is
+  its token count over English's on those lines. Other languages get 1.
+  """
+  processor = spm.SentencePieceProcessor(model_file=model_path)
+
+  def count(lines):
+    return sum(len(ids) for ids in processor.encode(list(lines)))
+
+  english_lines = texts_by_language[english]
+  english_tokens = count(english_lines)
+  weights = {}
+  for code, lines in texts_by_language.items():
+    if len(lines) == len(english_lines) and english_tokens:
+      weights[code] = (count(lines) / english_tokens)**strength
+    else:
+      weights[code] = 1.0
+  return weights
+
+
+def train_with_parity(
+    texts_by_language: Mapping[str, Sequence[str]],
+    output_prefix: str,
+    vocab_size: int,
+    *,
+    rounds: int,
+    strength: float = 2.0,
+    english: str | None = None,
+    **kwargs,
+) -> str:
+  """Trains, then retrains with languages reweighted towards equal tokens.
+
+  After each training, every language parallel to English (same number of
+  lines) has its sampling share multiplied by (its tokens / English tokens)
+  ^ `strength`, counted on the training text. Languages that still need
+  more tokens than English so get more of the sample, and more pieces. With
+  parallel text such as NTREX-128 this evens out the ratio to English.
+
+  Args:
+    texts_by_language: training text by language code; needs English.
+    output_prefix: see `train_sentencepiece`; every round overwrites it.
+    vocab_size: see `train_sentencepiece`.
+    rounds: retrainings after the first training; 0 trains once.
+    strength: the exponent of the reweighting.
+    english: the English code; default the first of `eng`, `en` present.
+    **kwargs: other `train_sentencepiece` arguments.
+
+  Returns:
+    The path of the written `.model` file.
+
+  Raises:
+    ConfigError: `rounds` < 0, `strength` <= 0, or no English text.
+  """
+  if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+    raise ConfigError(f"invalid parity_rounds {rounds!r}: expected 0 or "
+                      "more")
+  if not strength > 0:
+    raise ConfigError(f"invalid parity_strength {strength!r}: expected a "
+                      "positive number")
+  english = english or next(
+      (c for c in ("eng", "en") if c in texts_by_language), None)
+  if rounds and english not in texts_by_language:
+    raise ConfigError("parity rounds need English text parallel to the "
+                      "other languages: add eng.txt or en.txt (or the NTREX "
+                      "newstest2019-src.eng.txt)")
+  weights = dict(kwargs.pop("language_weights", None) or {})
+  model_path = train_sentencepiece(texts_by_language, output_prefix,
+                                   vocab_size, language_weights=weights,
+                                   **kwargs)
+  for round_index in range(rounds):
+    update = parity_weights(model_path, texts_by_language, english, strength)
+    weights = {c: weights.get(c, 1.0) * w for c, w in update.items()}
+    logging.info("Parity round %d: language weights %s", round_index + 1,
+                 {c: round(w, 3) for c, w in weights.items()})
+    model_path = train_sentencepiece(texts_by_language, output_prefix,
+                                     vocab_size, language_weights=weights,
+                                     **kwargs)
+  return model_path
 
 
 # --- reporting --------------------------------------------------------------

@@ -36,6 +36,17 @@ CASES = {
         ["sutra_jax.cli.decode", "--checkpoint_dir={tmp}/no_such_run",
          "--prompt=hi", "--output_language=en"],
         "checkpoint directory not found"),
+    "data_missing_mixture": (
+        ["sutra_jax.cli.data", "inspect"],
+        "--mixture is required"),
+    "data_missing_vocabulary": (
+        ["sutra_jax.cli.data", "inspect", "--mixture=m",
+         "--gin_bindings=PhaseConfig.mixture = @source_mixture()",
+         "--gin_bindings=source_mixture.name = 'm'",
+         "--gin_bindings=source_mixture.vocabulary = '{tmp}/spm.model'",
+         "--gin_bindings=source_mixture.sources = "
+         "[{{'kind': 'text', 'name': 't', 'path': '{tmp}/none'}}]"],
+        "SentencePiece model not found"),
     "tokenizer_missing_input_dir": (
         ["sutra_jax.cli.tokenizer", "train", "--input_dir={tmp}/no_such_dir",
          "--vocab_size=1000", "--output={tmp}/spm"],

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sutra_jax.data.feature_converter import packing_efficiency
 from sutra_jax.data.feature_converter import SutraFeatureConverter
+from sutra_jax.data.feature_converter import truncate_pair
 from sutra_jax.languages import LanguageTable
 
 # No language has id 0 in these examples, so a 0 in a language stream can
@@ -113,16 +115,63 @@ def test_unpacked_rows_have_one_segment():
 
 
 def test_long_example_truncated_aligned():
+  # 3 + 5 tokens in 5: the source keeps max(5 - 5, 5 // 2) = 2 tokens and
+  # the target 3, and both end with EOS.
   rows = _convert([_example([10, 11, 1], [12, 13, 14, 15, 1], "en", "ta")],
                   pack=True, length=5)
   row = rows[0]
   np.testing.assert_array_equal(row["decoder_target_tokens"],
-                                [10, 11, 1, 12, 13])
-  np.testing.assert_array_equal(row["decoder_loss_weights"], [0, 0, 0, 1, 1])
+                                [10, 1, 12, 13, 1])
+  np.testing.assert_array_equal(row["decoder_loss_weights"], [0, 0, 1, 1, 1])
   np.testing.assert_array_equal(row["decoder_language_ids"],
-                                [EN, EN, EN, TA, TA])
+                                [EN, EN, TA, TA, TA])
   np.testing.assert_array_equal(row["encoder_language_ids"],
-                                [EN, EN, EN, EN, TA])
+                                [EN, EN, EN, TA, TA])
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_truncated_examples_end_with_eos(pack):
+  # Each feature fits in LENGTH (the task trims it and appends EOS), but the
+  # translation's two sides together do not.
+  long_text = list(range(3, 3 + LENGTH - 1)) + [1]
+  rows = _convert([_example([], long_text, "hi", "hi"),
+                   _example([], [5, 1], "en", "en"),
+                   _example(list(range(3, 17)) + [1], [7, 8, 1], "en", "ta")],
+                  pack=pack, length=LENGTH)
+  for row in rows:
+    tokens = row["decoder_target_tokens"]
+    segments = row["decoder_segment_ids"]
+    for segment in set(segments[segments > 0].tolist()):
+      assert tokens[segments == segment][-1] == 1, (segment, tokens)
+  first = rows[0]["decoder_target_tokens"]
+  np.testing.assert_array_equal(first, list(range(3, 3 + LENGTH - 1)) + [1])
+  translation = rows[-1]["decoder_target_tokens"]
+  # 15 + 3 tokens in 16: the source keeps 13 (16 - 3), the target all 3.
+  np.testing.assert_array_equal(
+      translation[translation > 0][-4:], [1, 7, 8, 1])
+
+
+@pytest.mark.parametrize("inputs, targets, length, expected", [
+    (4, 4, 8, (4, 4)),
+    (0, 20, 8, (0, 8)),
+    (20, 3, 8, (5, 3)),
+    (20, 20, 8, (4, 4)),
+    (3, 20, 8, (3, 5)),
+])
+def test_truncate_pair_lengths(inputs, targets, length, expected):
+  kept = truncate_pair(tf.range(1, inputs + 1), tf.range(1, targets + 1),
+                       length)
+  assert tuple(int(tf.size(k)) for k in kept) == expected
+  for original, side in zip((inputs, targets), kept):
+    if int(tf.size(side)):
+      assert int(side[-1]) == original
+
+
+def test_packing_efficiency():
+  assert packing_efficiency([[1, 1, 2, 0], [1, 0, 0, 0]]) == 0.5
+  rows = _convert(EXAMPLES)
+  expected = np.mean(rows[0]["decoder_segment_ids"] > 0)
+  assert packing_efficiency(rows[0]["decoder_segment_ids"]) == expected
 
 
 def test_unknown_language_fails():

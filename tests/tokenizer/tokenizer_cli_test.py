@@ -1,10 +1,12 @@
 """Tests of the sutra-tokenizer command line, run as a subprocess."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import pytest
 import sentencepiece as spm
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -87,3 +89,47 @@ def test_train_from_directory(tmp_path):
   rows = dict(line.split("\t") for line in report.stdout.strip().splitlines())
   assert set(rows) == {"language", "en", "hi"}
   assert float(rows["en"]) > 0
+
+
+def test_fertility_json_and_chart(tmp_path, small_model, shared_data):
+  chart = tmp_path / "ratios.png"
+  reference = shared_data / "reference_tokenizers" / "o200k_base.tiktoken"
+  result = _run("fertility", "--model", small_model, "--reference",
+                str(reference), "--parallel_dir",
+                str(shared_data / "ntrex128_dev_subset"), "--json",
+                "--chart", str(chart))
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout)
+  assert set(report) == {"languages", "references"}
+  assert len(report["languages"]) == 35
+  assert set(report["references"]) == {"o200k_base"}
+  for code, metrics in report["languages"].items():
+    assert set(metrics) == {"tokens_per_word", "tokens_per_character",
+                            "ratio_to_english"}, code
+  assert report["languages"]["eng"]["ratio_to_english"] == 1.0
+  # The SOURCE.md of the reference tokenizers gives 1.67 for Hindi.
+  assert report["references"]["o200k_base"]["hin"][
+      "ratio_to_english"] == pytest.approx(1.67, abs=0.005)
+  assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_into_reference(tmp_path, small_model, shared_data):
+  base = shared_data / "reference_tokenizers" / "mistral_7b_v0.1.tokenizer.model"
+  output = tmp_path / "merged"
+  result = _run("merge", "--base", str(base), "--model", small_model,
+                "--output", str(output))
+  assert result.returncode == 0, result.stderr
+  base_sp = spm.SentencePieceProcessor(model_file=str(base))
+  merged = spm.SentencePieceProcessor(model_file=f"{output}.model")
+  id_map = json.loads((tmp_path / "merged.id_map.json").read_text())
+  assert id_map["base_vocab_size"] == 32000
+  assert merged.get_piece_size() == 32000 + id_map["new_pieces"]
+  assert id_map["new_pieces"] > 0
+  assert all(merged.id_to_piece(i) == base_sp.id_to_piece(i)
+             for i in range(32000))
+  assert f"wrote {output}.model (32000 base pieces" in result.stdout
+
+
+def test_merge_needs_flags(tmp_path):
+  result = _run("merge", "--model", "x.model", "--output", str(tmp_path))
+  _assert_one_error_line(result, "merge needs --base")

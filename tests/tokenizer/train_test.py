@@ -1,5 +1,6 @@
 """Tests of SentencePiece training, sampling and fertility."""
 
+import math
 import os
 
 import pytest
@@ -201,3 +202,56 @@ def test_tokens_per_word_missing_model(tmp_path):
 
 def test_split_long_line_tiny_limit():
   assert train.split_long_line("日本", max_bytes=2) == ["日", "本"]
+
+
+def _parallel_texts():
+  english = [f"the weather on day {i} was fine" for i in range(150)]
+  hindi = [f"दिन {i} को मौसम अच्छा था" for i in range(150)]
+  return {"en": english, "hi": hindi}
+
+
+def test_parity_weights_match_counts(tmp_path):
+  texts = _parallel_texts()
+  texts["ta"] = ["ஒரு வரி"]  # Not parallel: keeps weight 1.
+  model = train.train_sentencepiece(texts, str(tmp_path / "p"), 320,
+                                    model_type="bpe")
+  processor = spm.SentencePieceProcessor(model_file=model)
+  tokens = {c: sum(len(processor.encode(l)) for l in lines)
+            for c, lines in texts.items()}
+  weights = train.parity_weights(model, texts, "en", strength=2.0)
+  assert weights["en"] == 1.0
+  assert weights["hi"] == pytest.approx((tokens["hi"] / tokens["en"])**2)
+  assert weights["ta"] == 1.0
+
+
+def test_parity_round_evens_out_ratio(tmp_path, shared_data):
+  from sutra_jax.tokenizer import fertility  # pylint: disable=g-import-not-at-top
+  parallel = fertility.read_parallel_dir(
+      str(shared_data / "ntrex128_dev_subset"))
+  texts = {c: parallel[c][:150] for c in ("eng", "hin", "mal", "fra")}
+
+  def worst_ratio(model):
+    processor = spm.SentencePieceProcessor(model_file=model)
+    counts = {c: sum(len(processor.encode(l)) for l in lines)
+              for c, lines in texts.items()}
+    return max(counts[c] / counts["eng"] for c in texts)
+
+  once = worst_ratio(train.train_with_parity(
+      texts, str(tmp_path / "a"), 3000, rounds=0, model_type="bpe"))
+  balanced = worst_ratio(train.train_with_parity(
+      texts, str(tmp_path / "b"), 3000, rounds=1, model_type="bpe"))
+  assert balanced < once, (balanced, once)
+
+
+def test_parity_needs_english(tmp_path):
+  with pytest.raises(ConfigError, match="parity rounds need English"):
+    train.train_with_parity({"hi": ["एक"]}, str(tmp_path / "x"), 300,
+                            rounds=1)
+
+
+def test_uniform_quotas_ignore_sizes():
+  quotas = train.language_quotas({"en": 900, "ta": 100}, math.inf, 1000)
+  assert quotas == {"en": 500, "ta": 500}
+  weighted = train.language_quotas({"en": 900, "ta": 100}, math.inf, 1000,
+                                   {"ta": 3.0})
+  assert weighted == {"en": 250, "ta": 750}
