@@ -13,11 +13,9 @@ import sys
 import tempfile
 from typing import Sequence
 
-# The host compiles for TPUs without using any: keep JAX on the CPU backend
-# (libtpu would otherwise try to open local TPUs) and keep libtpu from
-# querying a cloud metadata server for the host's TPU type.
+# The host compiles for TPUs without using any: keep JAX on the CPU backend,
+# where libtpu would otherwise try to open local TPUs.
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 

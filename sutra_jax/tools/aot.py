@@ -18,6 +18,7 @@ grid directly.
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 from typing import Any, Mapping
 
@@ -262,6 +263,12 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
   """Returns the abstract TPU devices of `num_slices` slices of `topology`."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   check_libtpu()
+  # Compiling touches no TPU, so several compiling processes may share this
+  # host; without this libtpu lets only one process load it at a time.
+  # TPU_SKIP_MDS_QUERY keeps libtpu from asking a cloud metadata server
+  # which TPU this host has.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
   description = topologies.get_topology_desc(
       platform="tpu", topology_name=topology.libtpu_name,
       num_slices=num_slices)

@@ -160,3 +160,22 @@ def test_cli_compiles_small_model_for_v5e_8(tmp_path):
   # float32 parameters, split over nothing (pure data parallelism):
   # at least 3 * 4 bytes each.
   assert report["memory"]["argument_bytes"] > 12 * 20e6
+
+
+@pytest.mark.skipif(not _HAVE_LIBTPU, reason="libtpu is not installed; "
+                    "install the [tpu] extra to build TPU topologies")
+def test_two_slice_mesh_puts_data_across_slices():
+  import gin  # pylint: disable=g-import-not-at-top
+  from sutra_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  gin.parse_config(["make_mesh.data = 1", "make_mesh.fsdp = 4",
+                    "dcn_mesh_shape.data = 2"])
+  devices = aot.topology_devices(aot.parse_topology("v5e-4"), num_slices=2)
+  mesh = distributed.make_mesh(devices=devices)
+
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "expert": 1,
+                              "tensor": 1}
+  # Each 'data' index is one slice; 'fsdp' stays inside a slice (ICI).
+  for index in range(2):
+    slices = {d.slice_index for d in mesh.devices[index].reshape(-1)}
+    assert slices == {index}
