@@ -47,6 +47,9 @@ def _text(report: dict) -> str:
   for name, step in (("train", report), ("decode", report.get("decode"))):
     if not step:
       continue
+    if "compile_error" in step:
+      lines.append(f"{name}: DOES NOT FIT: {step['compile_error']}")
+      continue
     mfu = step["predicted_mfu"]
     lines.append(
         f"{name}: memory/device {step['memory_per_device_bytes'] / 2**30:.2f}"

@@ -63,9 +63,9 @@ CHIPS: Mapping[str, ChipSpec] = {
     "v5p": ChipSpec("v5p", 95 * 10**9, 459e12, 2765e9, True, 3,
                     "Cloud TPU docs, TPU v5p page (cloud.google.com/tpu/docs"
                     "/v5p): 459 TFLOP/s bf16, 95 GB HBM2e at 2765 GB/s per chip"),
-    "v6e": ChipSpec("v6e", 32 * 10**9, 918e12, 1640e9, False, 2,
+    "v6e": ChipSpec("v6e", 32 * 10**9, 918e12, 1638e9, False, 2,
                     "Cloud TPU docs, TPU v6e page (cloud.google.com/tpu/docs"
-                    "/v6e): 918 TFLOP/s bf16, 32 GB HBM at 1640 GB/s per chip"),
+                    "/v6e): 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s per chip"),
 }
 
 # Slice shapes of the 2-D chips (v5e, v6e) by chip count, as offered.
@@ -97,15 +97,18 @@ class Topology:
     return f"{self.chip.name}:{'x'.join(map(str, self.grid))}"
 
 
-def _unknown(name: str, why: str) -> ConfigError:
+def _unknown(name: str, reason: str) -> ConfigError:
   return ConfigError(
-      f"unknown TPU topology {name!r} ({why}): use CHIP-N such as v5p-128 or "
+      f"unknown TPU topology {name!r} ({reason}): use CHIP-N such as v5p-128 or "
       f"v5e-256, or CHIP:AxB[xC], with CHIP one of {', '.join(CHIPS)}")
 
 
 def _grid_3d(chips: int) -> tuple[int, int, int]:
-  """The 3-D slice shape of a power-of-two chip count: 2x2x1, 2x2x2, 2x2x4,
-  2x4x4, 4x4x4, 4x4x8, ... (the shapes Cloud TPU offers for v4 and v5p)."""
+  """Returns the 3-D slice shape of a power-of-two chip count.
+
+  The shapes are 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, and so on, as
+  Cloud TPU offers them for v4 and v5p.
+  """
   grid = [2, 2, 1]
   while math.prod(grid) < chips:
     smallest = min(grid)
@@ -259,6 +262,33 @@ def step_report(*, chip: ChipSpec, num_devices: int, devices_per_chip: int,
   }
 
 
+_SIZE_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def out_of_memory_report(message: str, *, chip: ChipSpec,
+                         devices_per_chip: int) -> dict[str, Any]:
+  """Reports a step that the TPU compiler rejected for lack of HBM.
+
+  The compiler stops before it has an executable, so only the memory it
+  names in `message` ("... required for HLO temporaries (5.46T) exceeds
+  available HBM (95.74G)") is known: no FLOPs, time or MFU.
+  """
+  first = message.strip().splitlines()[0] if message.strip() else message
+  match = re.search(r"\(([\d.]+)([KMGT]?)\) exceeds", first)
+  required = (int(float(match.group(1)) * _SIZE_SUFFIXES[match.group(2)])
+              if match else None)
+  return {
+      "fits": False,
+      "memory_per_device_bytes": required,
+      "hbm_per_device_bytes": chip.hbm_bytes // devices_per_chip,
+      "compile_error": first,
+      "flops_per_step": None,
+      "estimated_step_seconds": None,
+      "predicted_tokens_per_second": None,
+      "predicted_mfu": None,
+  }
+
+
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
   """Returns the abstract TPU devices of `num_slices` slices of `topology`."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -298,6 +328,7 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
     level, the topology and mesh, and the decode step under `decode`.
   """
   # Imported here so that the pure helpers above load without JAX.
+  import jax  # pylint: disable=g-import-not-at-top
   from sutra_jax import distributed  # pylint: disable=g-import-not-at-top
   from sutra_jax import languages  # pylint: disable=g-import-not-at-top
   from sutra_jax.models import flops  # pylint: disable=g-import-not-at-top
@@ -316,17 +347,8 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
   devices = topology_devices(topology, num_slices)
   mesh = distributed.make_mesh(devices=devices)
   devices_per_chip = len(devices) // (topology.num_chips * num_slices)
-  setup, compiled = trainer.compile_train_step(phase, model_config, mesh,
-                                               table)
   tokens = phase.batch_size * phase.sequence_length
-  report = step_report(
-      chip=topology.chip, num_devices=len(devices),
-      devices_per_chip=devices_per_chip,
-      memory=memory_summary(compiled.memory_analysis()),
-      cost=cost_summary(compiled.cost_analysis()), tokens_per_step=tokens,
-      model_flops_per_step=tokens * flops.flops_per_token(
-          model_config, phase.sequence_length))
-  report = {
+  header = {
       "topology": topology.name,
       "libtpu_topology": topology.libtpu_name,
       "num_slices": num_slices,
@@ -337,9 +359,24 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
       "batch_size": phase.batch_size,
       "sequence_length": phase.sequence_length,
       "remat": model_config.remat,
-      **report,
   }
-  if decode:
+  try:
+    setup, compiled = trainer.compile_train_step(phase, model_config, mesh,
+                                                 table)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return {**header, **out_of_memory_report(
+        str(e), chip=topology.chip, devices_per_chip=devices_per_chip)}
+  report = step_report(
+      chip=topology.chip, num_devices=len(devices),
+      devices_per_chip=devices_per_chip,
+      memory=memory_summary(compiled.memory_analysis()),
+      cost=cost_summary(compiled.cost_analysis()), tokens_per_step=tokens,
+      model_flops_per_step=tokens * flops.flops_per_token(
+          model_config, phase.sequence_length))
+  report = {**header, **report}
+  if decode and report["fits"]:
     batch = decode_batch_size or phase.batch_size
     report["decode"] = _decode_report(
         setup, topology, len(devices), devices_per_chip, batch,
