@@ -8,9 +8,9 @@ Starts `--num_processes` copies of `--module` (default `sutra_jax.cli.train`)
 with the arguments after `--`, plus `--coordinator_address`,
 `--num_processes`, `--process_id` and `--cpu_devices`. The processes find
 each other through a coordinator on a free port of 127.0.0.1 and reduce
-across processes with gloo, so together they behave like a multi-host pod
-slice of N hosts with M devices each, and run the same code paths (global
-arrays, per-process data shards, multi-process orbax checkpoints).
+across processes with gloo. Together they act as a pod slice of N hosts
+with M devices each. They run the multi-host code paths: global arrays,
+per-process data shards and multi-process orbax checkpoints.
 
 Each output line is prefixed with `[pI]`, after a line
 `[launch] process I: pid N` per process. SIGTERM and SIGINT are passed on

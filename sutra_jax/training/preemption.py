@@ -3,10 +3,10 @@
 Preemptible and maintenance-bound TPU VMs get SIGTERM some time before they
 stop. The trainer then saves at the next step boundary and exits 0, so a
 restart resumes there. In a multi-process job each process may see the
-signal at a different step, or only one of them may see it, so the step to
-stop at must be agreed on: JAX's preemption sync manager, which
-`jax.distributed.initialize` starts and which catches SIGTERM itself, picks
-one step that all processes reach. A single process needs no agreement and
+signal at a different step, or only one of them may see it. The processes
+therefore agree on the step through JAX's preemption sync manager, which
+`jax.distributed.initialize` starts and which catches SIGTERM itself. It
+picks one step that all processes reach. A single process needs no agreement and
 catches the signal in Python.
 """
 
