@@ -13,3 +13,4 @@ from sutra_jax.training import trainer
 from sutra_jax.models import config as _model_config
 from sutra_jax.models import flops
 from sutra_jax import partitioning
+from sutra_jax import distributed

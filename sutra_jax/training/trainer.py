@@ -23,6 +23,7 @@ from flax import nnx
 import jax
 import numpy as np
 
+from sutra_jax import distributed
 from sutra_jax import gin_utils
 from sutra_jax import languages
 from sutra_jax import partitioning
@@ -31,9 +32,11 @@ from sutra_jax.models import flops
 from sutra_jax.models.config import ModelConfig, make_model_config
 from sutra_jax.models.sutra import SutraModel
 from sutra_jax.training import checkpoints
+from sutra_jax.training import data_shards
 from sutra_jax.training import metrics as metrics_lib
 from sutra_jax.training import optimizers
 from sutra_jax.training import phases
+from sutra_jax.training import preemption
 from sutra_jax.training import run_summary
 from sutra_jax.training import train_step as train_step_lib
 from sutra_jax.training.train_step import TrainState
@@ -59,7 +62,8 @@ class TrainResult:
 
   Attributes:
     run_dir: the run directory.
-    steps: the step the run reached (the phase's num_steps).
+    steps: the step the run reached: the phase's num_steps, or an earlier
+      step where a SIGTERM stopped it (see `preemption`).
     steps_run: steps this call took; 0 when the run was already finished.
     first_loss: mean objective of the first logging interval of the run.
     final_loss: mean objective of the last logging interval of the run.
@@ -119,7 +123,7 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   batches = _open_dataset(phase, table, dataset_fn, consumed)
   model_config = model_config_for_phase(
       table, phase, vocab_from_mixture=dataset_fn is None)
-  mesh = partitioning.make_mesh()
+  mesh = distributed.make_mesh()
   rules = partitioning.axis_rules()
   setup = _Setup.build(phase, model_config, mesh, rules)
   checkpointer = checkpoints.Checkpointer(run_dir,
@@ -249,6 +253,22 @@ class _Setup:
     }
 
 
+def compile_train_step(phase: phases.PhaseConfig, model_config: ModelConfig,
+                       mesh: jax.sharding.Mesh,
+                       table: languages.LanguageTable):
+  """Compiles the phase's train step on `mesh` from shapes alone.
+
+  Nothing is allocated, so `mesh` may consist of abstract devices, as for
+  ahead-of-time compilation for a TPU topology (`sutra_jax.tools.aot`).
+
+  Returns:
+    (the setup, whose `abstract_state` and `abstract_batch()` are the
+    step's inputs; the compiled step).
+  """
+  setup = _Setup.build(phase, model_config, mesh, partitioning.axis_rules())
+  return setup, _compile(setup, setup.abstract_state, table)
+
+
 def _open_dataset(phase: phases.PhaseConfig, table: languages.LanguageTable,
                   dataset_fn: DatasetFn | None,
                   skip_batches: int) -> Iterator[Batch]:
@@ -266,11 +286,8 @@ def _open_dataset(phase: phases.PhaseConfig, table: languages.LanguageTable,
       raise ConfigError("PhaseConfig.mixture is not set; bind the seqio "
                         "mixture or task to train on")
     dataset_fn = _seqio_dataset
-  batches = dataset_fn(phase, table, jax.process_index(), num_processes,
-                       skip_batches)
-  if hasattr(batches, "as_numpy_iterator"):
-    return batches.as_numpy_iterator()
-  return iter(batches)
+  return data_shards.open_local_batches(dataset_fn, phase, table,
+                                        skip_batches)
 
 
 def _seqio_dataset(phase: phases.PhaseConfig,
@@ -361,25 +378,33 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
                                             phase.sequence_length),
       peak_flops_per_device=flops.peak_flops_per_device())
   consumed = progress.batches_consumed
+  step = start_step
   try:
-    for step in range(start_step + 1, phase.num_steps + 1):
-      batch = _next_batch(batches, phase, consumed)
-      consumed += 1
-      state, step_metrics = step_fn(
-          state, train_step_lib.device_batch(batch, setup.batch_sharding))
-      interval.add(step_metrics)
-      if step % phase.log_every == 0 or step == phase.num_steps:
-        writer.write(interval.summarize(step))
-      progress = checkpoints.Progress(step=step, batches_consumed=consumed,
-                                      phase=phase.name,
-                                      num_steps=phase.num_steps)
-      checkpointer.save(state, progress,
-                        force=step == phase.num_steps)
+    with preemption.PreemptionWatcher() as watcher:
+      for step in range(start_step + 1, phase.num_steps + 1):
+        batch = _next_batch(batches, phase, consumed)
+        consumed += 1
+        state, step_metrics = step_fn(
+            state, train_step_lib.device_batch(batch, setup.batch_sharding))
+        interval.add(step_metrics)
+        stop = watcher.should_stop(step)
+        if (step % phase.log_every == 0 or step == phase.num_steps or
+            (stop and len(interval))):
+          writer.write(interval.summarize(step))
+        progress = checkpoints.Progress(step=step, batches_consumed=consumed,
+                                        phase=phase.name,
+                                        num_steps=phase.num_steps)
+        checkpointer.save(state, progress,
+                          force=stop or step == phase.num_steps)
+        if stop:
+          logging.warning("Preempted: saved step %d of %d; run the same "
+                          "command again to resume", step, phase.num_steps)
+          break
     checkpointer.wait()
   finally:
     writer.close()
-  return _result(run_dir, phase.num_steps,
-                 steps_run=phase.num_steps - start_step)
+  distributed.barrier("metrics_written")
+  return _result(run_dir, step, steps_run=step - start_step)
 
 
 def _compile(setup: _Setup, state: TrainState,

@@ -1,0 +1,1 @@
+"""Launchers of multi-process jobs."""
