@@ -19,6 +19,7 @@ from sutra_jax.models import grouped
 from sutra_jax.models.config import ModelConfig
 from sutra_jax.models.layers import kernel_init, make_param, rms_norm
 from sutra_jax.models.layers import remat_layer, rotary_attention
+from sutra_jax.models.sharding import ACTIVATION, constrain
 
 
 class LanguageBlock(nnx.Module):
@@ -154,7 +155,8 @@ class LanguageStack(nnx.Module):
     routing = self.routing(language_ids)
     apply_block = remat_layer(_apply_block, self.remat)
     for layer in self.layers:
-      x = apply_block(layer, x, routing, segment_ids, positions)
+      x = constrain(apply_block(layer, x, routing, segment_ids, positions),
+                    ACTIVATION)
     return x
 
 

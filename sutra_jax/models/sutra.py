@@ -51,6 +51,7 @@ from sutra_jax.models.language_blocks import LanguageStack
 from sutra_jax.models.layers import (MLP, Attention, Dense, Embed, RMSNorm,
                                      remat_layer)
 from sutra_jax.models.moe import MoE
+from sutra_jax.models.sharding import ACTIVATION, LOGITS, constrain
 
 
 @flax.struct.dataclass
@@ -127,6 +128,7 @@ class ConceptCore(nnx.Module):
     call = remat_layer(_apply_core_layer, self.remat)
     for layer in self.layers:
       x, aux = call(layer, x, token_mask, segment_ids, positions)
+      x = constrain(x, ACTIVATION)
       if aux:
         layer_aux.append(aux)
     return x, self._combine(layer_aux, token_mask)
@@ -213,17 +215,19 @@ class SutraModel(nnx.Module):
                   segment_ids=segment_ids, positions=positions)
     token_mask = (segment_ids != 0).astype(jnp.float32)
 
-    x = self.embed(input_tokens)
-    x = self.encoder(x, encoder_language_ids, segment_ids, positions)
+    x = constrain(self.embed(input_tokens), ACTIVATION)
+    x = constrain(self.encoder(x, encoder_language_ids, segment_ids,
+                               positions), ACTIVATION)
     core_hidden, aux = self.core(x, token_mask, segment_ids, positions)
     x = self.decoder(core_hidden, decoder_language_ids, segment_ids,
                      positions)
-    x = self.final_norm(x)
+    x = self.final_norm(constrain(x, ACTIVATION))
     if self.config.tie_embeddings:
       logits = self.embed.attend(x)
     else:
       logits = self.lm_head(x, out_dtype=jnp.float32)
-    return ModelOutput(logits=logits, core_hidden=core_hidden, aux=aux)
+    return ModelOutput(logits=constrain(logits, LOGITS),
+                       core_hidden=core_hidden, aux=aux)
 
 
 def _check_shapes(input_tokens, **inputs) -> None:

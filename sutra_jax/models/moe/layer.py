@@ -27,6 +27,7 @@ from sutra_jax.models.moe import dropless
 from sutra_jax.models.moe import expert_parallel
 from sutra_jax.models.moe import experts as experts_lib
 from sutra_jax.models.moe import router as router_lib
+from sutra_jax.models.sharding import TOKENS, constrain
 
 
 class MoE(nnx.Module):
@@ -69,7 +70,7 @@ class MoE(nnx.Module):
       and the [B, L, E] `expert_slot_counts`.
     """
     batch, length, d_model = x.shape
-    tokens = x.reshape(batch * length, d_model)
+    tokens = constrain(x.reshape(batch * length, d_model), TOKENS)
     mask = token_mask.reshape(batch * length).astype(jnp.float32)
     routed = router_lib.route_top_k(
         self.router(tokens, out_dtype=jnp.float32), self.experts_per_token)
