@@ -26,6 +26,7 @@ import numpy as np
 from sutra_jax import gin_utils
 from sutra_jax import languages
 from sutra_jax import partitioning
+from sutra_jax import progress as progress_lib
 from sutra_jax.errors import ConfigError, DataError
 from sutra_jax.models import flops
 from sutra_jax.models.config import ModelConfig, make_model_config
@@ -361,6 +362,7 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
                                             phase.sequence_length),
       peak_flops_per_device=flops.peak_flops_per_device())
   consumed = progress.batches_consumed
+  bar = _progress_bar(phase, start_step)
   try:
     for step in range(start_step + 1, phase.num_steps + 1):
       batch = _next_batch(batches, phase, consumed)
@@ -369,7 +371,10 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
           state, train_step_lib.device_batch(batch, setup.batch_sharding))
       interval.add(step_metrics)
       if step % phase.log_every == 0 or step == phase.num_steps:
-        writer.write(interval.summarize(step))
+        summary = interval.summarize(step)
+        writer.write(summary)
+        bar.set_postfix(loss=f"{summary.loss:.4f}")
+      bar.update()
       progress = checkpoints.Progress(step=step, batches_consumed=consumed,
                                       phase=phase.name,
                                       num_steps=phase.num_steps)
@@ -377,9 +382,23 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
                         force=step == phase.num_steps)
     checkpointer.wait()
   finally:
+    bar.close()
     writer.close()
   return _result(run_dir, phase.num_steps,
                  steps_run=phase.num_steps - start_step)
+
+
+def _progress_bar(phase: phases.PhaseConfig,
+                  start_step: int) -> progress_lib.ProgressBar:
+  """Opens the step bar, drawn on a terminal for CPU runs on process 0.
+
+  A CPU step takes long enough for a bar to help between log lines. On
+  accelerators the log lines come often, and pod workers write to files.
+  """
+  return progress_lib.ProgressBar(
+      phase.num_steps, initial=start_step, desc=f"phase {phase.name}",
+      unit="step",
+      enabled=jax.process_index() == 0 and jax.default_backend() == "cpu")
 
 
 def _compile(setup: _Setup, state: TrainState,
