@@ -100,7 +100,7 @@ class ProgressBar:
     self._bar.set_postfix(values)
 
   def close(self) -> None:
-    """Draws the final state and restores the log handlers; idempotent."""
+    """Draws the final state and restores the log handlers, once."""
     _unwrap_root_handlers(self._handlers)
     self._handlers = []
     self._bar.close()

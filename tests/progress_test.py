@@ -1,7 +1,7 @@
 """Tests of the terminal-only progress bars.
 
-A pseudo-terminal stands in for the user's terminal, so the tests exercise
-tqdm's real drawing and `isatty` checks.
+The tests draw on a pseudo-terminal in place of the user's terminal, so they
+exercise tqdm's real drawing and `isatty` checks.
 """
 
 import fcntl
