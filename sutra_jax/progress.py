@@ -8,12 +8,15 @@ terminal line with it.
 """
 
 import logging
+import os
 import sys
 from typing import Iterable, Iterator, TextIO, TypeVar
 
 import tqdm
 
 T = TypeVar("T")
+# (columns, rows) assumed for a terminal that reports no size.
+_DEFAULT_SIZE = (80, 24)
 
 
 def is_terminal(stream: TextIO | None) -> bool:
@@ -25,6 +28,14 @@ def is_terminal(stream: TextIO | None) -> bool:
     return bool(isatty())
   except ValueError:  # A closed stream.
     return False
+
+
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+  """Returns (columns, rows) of the terminal of `stream`, 0 when unknown."""
+  try:
+    return tuple(os.get_terminal_size(stream.fileno()))
+  except (AttributeError, OSError, ValueError):
+    return 0, 0
 
 
 class _AboveBarHandler(logging.Handler):
@@ -87,9 +98,15 @@ class ProgressBar:
     """
     stream = stream if stream is not None else sys.stderr
     self.active = enabled and is_terminal(stream)
-    self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc,
-                          unit=unit, file=stream, disable=not self.active,
-                          dynamic_ncols=True)
+    # A terminal of unknown size (a new pseudo-terminal, `script` without a
+    # parent terminal) reports 0 columns and 0 rows, in which tqdm (4.70)
+    # draws nothing, so such a terminal gets a fixed size.
+    known_size = self.active and min(_terminal_size(stream)) > 0
+    self._bar = tqdm.tqdm(
+        total=total, initial=initial, desc=desc, unit=unit, file=stream,
+        disable=not self.active, dynamic_ncols=known_size,
+        ncols=None if known_size else _DEFAULT_SIZE[0],
+        nrows=None if known_size else _DEFAULT_SIZE[1])
     self._handlers = _wrap_root_handlers(stream) if self.active else []
 
   def update(self, count: int = 1) -> None:

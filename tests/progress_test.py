@@ -21,12 +21,11 @@ from sutra_jax.training import phases
 from sutra_jax.training import trainer
 
 
-@pytest.fixture
-def terminal():
-  """Yields (writable stream on a pseudo-terminal, function reading it)."""
+def _open_terminal(rows: int, columns: int):
+  """Returns (writable stream on a pseudo-terminal, reader, closer)."""
   leader, follower = pty.openpty()
-  # 24 rows of 120 columns; a new pseudo-terminal reports 0 columns.
-  fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+  fcntl.ioctl(follower, termios.TIOCSWINSZ,
+              struct.pack("HHHH", rows, columns, 0, 0))
   stream = os.fdopen(follower, "w", encoding="utf-8")
 
   def read_all() -> str:
@@ -36,9 +35,19 @@ def terminal():
       chunks.append(os.read(leader, 65536))
     return b"".join(chunks).decode("utf-8")
 
+  def close():
+    stream.close()
+    os.close(leader)
+
+  return stream, read_all, close
+
+
+@pytest.fixture
+def terminal():
+  """Yields (stream, reader) of a 24 x 120 pseudo-terminal."""
+  stream, read_all, close = _open_terminal(24, 120)
   yield stream, read_all
-  stream.close()
-  os.close(leader)
+  close()
 
 
 def test_bar_silent_without_terminal():
@@ -63,6 +72,22 @@ def test_bar_draws_on_terminal(terminal):
     bar.update(4)
 
   output = read_all()
+  assert "work" in output
+  assert "4/4" in output
+
+
+def test_bar_draws_on_terminal_without_size():
+  # A new pseudo-terminal reports 0 rows and 0 columns, as under `script`
+  # without a parent terminal.
+  stream, read_all, close = _open_terminal(0, 0)
+  try:
+    with progress.ProgressBar(4, desc="work", unit="item",
+                              stream=stream) as bar:
+      bar.update(4)
+    output = read_all()
+  finally:
+    close()
+
   assert "work" in output
   assert "4/4" in output
 
