@@ -36,6 +36,7 @@ import numpy as np
 import pycountry
 
 from sutra_jax import languages
+from sutra_jax import progress
 from sutra_jax.errors import DataError
 
 ENGLISH = "en"
@@ -289,7 +290,8 @@ def alignment(model, vocabulary, table: languages.LanguageTable,
 
   english, english_nonempty = embed(files.english, ENGLISH)
   per_language = {}
-  for code in sorted(files.others):
+  for code in progress.track(sorted(files.others), desc="alignment",
+                             unit="language"):
     other, nonempty = embed(files.others[code], code)
     keep = english_nonempty & nonempty
     per_language[code] = {

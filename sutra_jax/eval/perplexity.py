@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from sutra_jax import languages
+from sutra_jax import progress
 from sutra_jax.training import train_step as train_step_lib
 
 
@@ -50,7 +51,7 @@ def per_language_perplexity(
   """
   loss_sum = np.zeros(len(table), np.float64)
   weight_sum = np.zeros(len(table), np.float64)
-  for batch in batches:
+  for batch in progress.track(batches, desc="perplexity", unit="batch"):
     if batch_sharding is not None:
       batch = jax.device_put(dict(batch), batch_sharding)
     losses, weights = _loss_sums(model, batch, num_languages=len(table))

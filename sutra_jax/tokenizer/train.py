@@ -22,6 +22,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from sutra_jax import languages
+from sutra_jax import progress
 from sutra_jax.data import chat
 from sutra_jax.errors import ConfigError
 from sutra_jax.errors import DataError
@@ -296,7 +297,10 @@ def train_sentencepiece(
     start = time.monotonic()
     try:
       spm.SentencePieceTrainer.train(
-          sentence_iterator=iter(sample),
+          # NOTE: the bar counts the lines that SentencePiece reads. The
+          # training that follows has no progress callback.
+          sentence_iterator=progress.track(
+              sample, desc="SentencePiece input", unit="line"),
           model_prefix=staging_prefix,
           vocab_size=vocab_size,
           model_type=model_type,

@@ -27,6 +27,7 @@ from sutra_jax import distributed
 from sutra_jax import gin_utils
 from sutra_jax import languages
 from sutra_jax import partitioning
+from sutra_jax import progress as progress_lib
 from sutra_jax.errors import ConfigError, DataError
 from sutra_jax.models import flops
 from sutra_jax.models.config import ModelConfig, make_model_config
@@ -379,6 +380,7 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
       peak_flops_per_device=flops.peak_flops_per_device())
   consumed = progress.batches_consumed
   step = start_step
+  bar = _progress_bar(phase, start_step)
   try:
     with preemption.PreemptionWatcher() as watcher:
       for step in range(start_step + 1, phase.num_steps + 1):
@@ -390,7 +392,10 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
         stop = watcher.should_stop(step)
         if (step % phase.log_every == 0 or step == phase.num_steps or
             (stop and len(interval))):
-          writer.write(interval.summarize(step))
+          summary = interval.summarize(step)
+          writer.write(summary)
+          bar.set_postfix(loss=f"{summary.loss:.4f}")
+        bar.update()
         progress = checkpoints.Progress(step=step, batches_consumed=consumed,
                                         phase=phase.name,
                                         num_steps=phase.num_steps)
@@ -402,9 +407,23 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
           break
     checkpointer.wait()
   finally:
+    bar.close()
     writer.close()
   distributed.barrier("metrics_written")
   return _result(run_dir, step, steps_run=step - start_step)
+
+
+def _progress_bar(phase: phases.PhaseConfig,
+                  start_step: int) -> progress_lib.ProgressBar:
+  """Opens the step bar, drawn on a terminal for CPU runs on process 0.
+
+  A CPU step takes long enough for a bar to help between log lines. On
+  accelerators the log lines come often, and pod workers write to files.
+  """
+  return progress_lib.ProgressBar(
+      phase.num_steps, initial=start_step, desc=f"phase {phase.name}",
+      unit="step",
+      enabled=jax.process_index() == 0 and jax.default_backend() == "cpu")
 
 
 def _compile(setup: _Setup, state: TrainState,
