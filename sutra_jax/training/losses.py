@@ -12,7 +12,7 @@ The objective of a phase is
 
 where each CE is the mean over the tokens it scores, and a term without
 tokens in the batch is 0. `decoder_example_kinds` (see
-`sutra_jax.data.example_kinds`) says which term scores a token, and
+`sutra_jax.data.example_kinds`) selects the term that scores a token, and
 `decoder_loss_weights` is 0 on the source side of a translation, so the
 translation term scores the target side only.
 
