@@ -37,10 +37,10 @@ PyTree = Any
 #           vocabulary ([V, D] embeddings) or adds language groups ([G, ...]
 #           language-block weights) while keeping the trained rows.
 #   pieces: for `embed/embedding` [V, D] and `lm_head/kernel` [D, V] after a
-#           tokenizer merge: the trained entries stay, and each new piece
-#           starts as the mean of the entries of the pieces that the old
-#           tokenizer (`PhaseConfig.previous_vocabulary`) splits its text
-#           into (see `growth.piece_sources`).
+#           tokenizer merge. The trained entries stay. Each new piece starts
+#           as the mean of the entries of the pieces that the old tokenizer
+#           (`PhaseConfig.previous_vocabulary`) splits its text into (see
+#           `growth.piece_sources`).
 # New language groups need no entry here: `PhaseConfig.new_language_groups`
 # grows every language-block weight (see `growth.plan_groups`).
 # NOTE: `extend` grows axis 0 only, so it cannot grow `lm_head/kernel` [D, V];
@@ -319,7 +319,7 @@ def plan_hand_off(new_shapes: Mapping[str, tuple[int, ...]],
 
 def _grows_groups(path: str, shape, saved,
                   groups: growth.GroupGrowth | None) -> bool:
-  """Whether `path` is a language-block weight that gains the new groups."""
+  """Checks whether `path` is a language-block weight that gains new groups."""
   if groups is None or saved is None or not LANGUAGE_BLOCKS.search(path):
     return False
   return (len(saved) == len(shape) and tuple(saved[1:]) == tuple(shape[1:])
@@ -348,7 +348,7 @@ def _first(items: Sequence[str], count: int = 5) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Growth:
-  """What a hand-off adds to the previous phase's model.
+  """The additions of a hand-off to the previous phase's model.
 
   Attributes:
     group_names: the new model's language group names, in id order.

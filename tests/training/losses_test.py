@@ -136,7 +136,8 @@ def test_consistency_without_pairs_is_zero():
     config = losses.LossConfig(consistency=kind)
     loss, count = losses.consistency_loss(hidden, segments,
                                           jnp.zeros_like(segments), config)
-    assert float(loss) == 0.0 and float(count) == 0.0
+    assert float(loss) == 0.0
+    assert float(count) == 0.0
 
 
 def test_weighted_terms_combine_with_gin_weights():
