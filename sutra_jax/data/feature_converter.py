@@ -38,6 +38,23 @@ source tokens s_0 .. s_{n-1} (ending with EOS) and target tokens t_0 .. t_{m-1}:
 The decoder stream switches to the target language at position n, one
 position before the encoder stream, because position n reads the last source
 token and predicts the first target token.
+
+Two more features say which loss term scores each token (see
+`sutra_jax.training.losses`):
+
+* `decoder_example_kinds` (int32): the `example_kinds` value of the token's
+  example: TEXT (also on padding), TRANSLATION or PARALLEL.
+* `decoder_pair_ids` (int32): for a parallel pair, the segment id of its
+  first sentence, on the tokens of both sentences; 0 elsewhere.
+
+An example's kind comes from its optional string feature `example_kind`
+('text', 'translation' or 'parallel'). Without it, an example with `inputs`
+is a translation and one without is text. A parallel example does not
+become one segment: its `inputs` sentence and its `targets` sentence become
+two consecutive segments, each with its own positions from 0, a BOS at its
+start and loss on every token. The sentences of a pair therefore never
+attend to each other, and the concept-consistency loss compares their
+pooled core states.
 """
 
 from typing import Mapping
@@ -46,6 +63,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from sutra_jax.data import example_kinds
 from sutra_jax.languages import LanguageTable
 
 _Spec = seqio.FeatureConverter.FeatureSpec
@@ -54,7 +72,14 @@ _Spec = seqio.FeatureConverter.FeatureSpec
 # the per-token language and loss features travel shifted by one to stay
 # non-zero, and are shifted back after packing.
 _LANGUAGE_PLUS_ONE = "token_language_plus_one"
-_LOSS_PLUS_ONE = "loss_weight_plus_one"
+_ROLE_PLUS_ONE = "token_role_plus_one"
+
+# The role of a token in its example, carried as `_ROLE_PLUS_ONE`.
+_TEXT = 0                # scored text
+_TRANSLATION_SOURCE = 1  # unscored source side (or prefix of a text example)
+_TRANSLATION_TARGET = 2  # scored target side
+_PAIR_FIRST = 3          # first sentence of a parallel pair
+_PAIR_SECOND = 4         # second sentence of a parallel pair
 
 
 def _cut_keeping_last(tokens: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
@@ -119,6 +144,8 @@ class SutraFeatureConverter(seqio.FeatureConverter):
       "decoder_positions": _Spec(dtype=tf.int32),
       "encoder_language_ids": _Spec(dtype=tf.int32),
       "decoder_language_ids": _Spec(dtype=tf.int32),
+      "decoder_example_kinds": _Spec(dtype=tf.int32),
+      "decoder_pair_ids": _Spec(dtype=tf.int32),
   }
   # Segment ids and positions are in MODEL_FEATURES, so nothing is added here.
   PACKING_FEATURE_DTYPES = {}
@@ -156,12 +183,35 @@ class SutraFeatureConverter(seqio.FeatureConverter):
             f"the dataset has {spec}. Register the task with "
             "sutra_jax.data.tasks or add the feature in a preprocessor")
 
+  def _example_kind(self, example) -> tf.Tensor:
+    """Returns the example's `example_kinds` value as an int32 scalar."""
+    if "example_kind" not in example:
+      return tf.where(tf.size(example["inputs"]) > 0,
+                      example_kinds.TRANSLATION, example_kinds.TEXT)
+    names = tf.constant(list(example_kinds.NAMES))
+    matches = tf.equal(names, example["example_kind"])
+    with tf.control_dependencies([
+        tf.debugging.assert_equal(
+            tf.reduce_any(matches), True,
+            message="unknown example_kind; use one of "
+            f"{', '.join(example_kinds.NAMES)}"),
+    ]):
+      values = tf.constant(list(example_kinds.NAMES.values()))
+      return tf.reduce_sum(tf.where(matches, values, 0))
+
   def _concatenate(self, example, lookup, length: int):
     """Joins inputs and targets and adds the per-token helper features."""
     inputs, targets = truncate_pair(example["inputs"], example["targets"],
                                     length)
     source_id = lookup.lookup(example["inputs_language"])
     target_id = lookup.lookup(example["targets_language"])
+    kind = self._example_kind(example)
+    is_pair = tf.equal(kind, example_kinds.PARALLEL)
+    source_role = tf.where(is_pair, _PAIR_FIRST, _TRANSLATION_SOURCE)
+    target_role = tf.where(
+        is_pair, _PAIR_SECOND,
+        tf.where(tf.equal(kind, example_kinds.TRANSLATION),
+                 _TRANSLATION_TARGET, _TEXT))
     with tf.control_dependencies([
         tf.debugging.assert_non_negative(
             tf.stack([source_id, target_id]),
@@ -175,9 +225,39 @@ class SutraFeatureConverter(seqio.FeatureConverter):
           _LANGUAGE_PLUS_ONE: tf.concat(
               [tf.fill([num_inputs], source_id + 1),
                tf.fill([num_targets], target_id + 1)], axis=0),
-          _LOSS_PLUS_ONE: tf.concat(
-              [tf.fill([num_inputs], 1), tf.fill([num_targets], 2)], axis=0),
+          _ROLE_PLUS_ONE: tf.concat(
+              [tf.fill([num_inputs], source_role + 1),
+               tf.fill([num_targets], target_role + 1)], axis=0),
       }
+
+  @staticmethod
+  def _split_pairs(role, segment_ids, positions):
+    """Makes the two sentences of each parallel pair separate segments.
+
+    Args:
+      role: [L] int32 role of each token, 0 on padding.
+      segment_ids: [L] segment ids from packing, one per example.
+      positions: [L] positions within those segments.
+
+    Returns:
+      (segment_ids, positions, pair_ids), each [L] int32.
+    """
+    is_token = segment_ids > 0
+    length = tf.size(segment_ids)
+    # Tokens of each example's first sentence; the second starts after them.
+    first_count = tf.math.unsorted_segment_sum(
+        tf.cast(tf.equal(role, _PAIR_FIRST), tf.int32), segment_ids,
+        num_segments=length + 1)
+    first_here = tf.gather(first_count, segment_ids)
+    is_second = tf.equal(role, _PAIR_SECOND)
+    boundary = is_second & tf.equal(positions, first_here) & (first_here > 0)
+    new_segments = tf.where(
+        is_token, segment_ids + tf.cumsum(tf.cast(boundary, tf.int32)), 0)
+    new_positions = tf.where(is_second, positions - first_here, positions)
+    pair_ids = tf.where(
+        tf.equal(role, _PAIR_FIRST), new_segments,
+        tf.where(is_second, new_segments - 1, 0))
+    return new_segments, new_positions, pair_ids
 
   def _convert_example(self, packed: Mapping[str, tf.Tensor]):
     """Builds the model features of one packed or padded row."""
@@ -189,6 +269,9 @@ class SutraFeatureConverter(seqio.FeatureConverter):
       segment_ids = tf.cast(tf.not_equal(targets, 0), tf.int32)
       positions = tf.range(tf.size(targets), dtype=tf.int32) * segment_ids
     is_token = segment_ids > 0
+    role = tf.where(is_token, packed[_ROLE_PLUS_ONE] - 1, 0)
+    segment_ids, positions, pair_ids = self._split_pairs(role, segment_ids,
+                                                         positions)
 
     decoder_language = tf.where(is_token, packed[_LANGUAGE_PLUS_ONE] - 1, 0)
     # The shifted stream has 0 at each segment start; there the input is BOS,
@@ -198,7 +281,12 @@ class SutraFeatureConverter(seqio.FeatureConverter):
     is_segment_start = tf.logical_and(is_token, tf.equal(positions, 0))
     encoder_language = tf.where(is_segment_start, decoder_language,
                                 shifted_language)
-    loss_weights = tf.where(is_token, packed[_LOSS_PLUS_ONE] - 1, 0)
+    loss_weights = tf.cast(
+        is_token & tf.not_equal(role, _TRANSLATION_SOURCE), tf.int32)
+    kinds = tf.where(
+        role >= _PAIR_FIRST, example_kinds.PARALLEL,
+        tf.where((role == _TRANSLATION_SOURCE) | (role == _TRANSLATION_TARGET),
+                 example_kinds.TRANSLATION, example_kinds.TEXT))
 
     return {
         "decoder_target_tokens": targets,
@@ -209,6 +297,8 @@ class SutraFeatureConverter(seqio.FeatureConverter):
         "decoder_positions": positions,
         "encoder_language_ids": encoder_language,
         "decoder_language_ids": decoder_language,
+        "decoder_example_kinds": tf.where(is_token, kinds, 0),
+        "decoder_pair_ids": pair_ids,
     }
 
   def _convert_features(self, ds: tf.data.Dataset,
@@ -222,7 +312,7 @@ class SutraFeatureConverter(seqio.FeatureConverter):
     ds = self._pack_or_pad(ds, {
         "targets": length,
         _LANGUAGE_PLUS_ONE: length,
-        _LOSS_PLUS_ONE: length,
+        _ROLE_PLUS_ONE: length,
     })
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 # a temperature of 1 / 0.3.
 DEFAULT_TEMPERATURE = 1 / 0.3
 
-# The lexicon task kinds of `sutra_jax.data.tasks`.
+# The lexicon task kinds of `sutra_jax.data.tasks`: translation in either
+# direction (the default of `phase_mixture`) and parallel pairs for the
+# concept-consistency loss.
 LEXICON_KINDS = ("lexicon_from_en", "lexicon_to_en")
+ALL_LEXICON_KINDS = LEXICON_KINDS + ("parallel",)
 
 
 def skip_exhausted_sampler():
@@ -199,8 +202,9 @@ def phase_mixture(
     vocabulary: a seqio vocabulary or the path of a SentencePiece model.
     chat_languages: languages whose conversations are mixed in.
     lexicon_languages: languages whose English↔X name pairs are mixed in.
-    lexicon_kinds: lexicon directions, `lexicon_from_en` (English -> X)
-      and/or `lexicon_to_en` (X -> English).
+    lexicon_kinds: lexicon tasks: translation `lexicon_from_en` (English
+      -> X) and `lexicon_to_en` (X -> English), and `parallel`, the same
+      pairs as two segments for the concept-consistency loss.
     temperature: sampling temperature over tasks (see `temperature_rates`);
       the default 1/0.3 follows mT5.
     rate_overrides: fixed rates by task name without the vocabulary key, such
@@ -228,9 +232,9 @@ def phase_mixture(
     raise ConfigError("phase_mixture.lexicon_languages needs English, but "
                       "'en' is not in language_table.languages; add it")
   for kind in lexicon_kinds:
-    if kind not in LEXICON_KINDS:
+    if kind not in ALL_LEXICON_KINDS:
       raise ConfigError(f"unknown kind {kind!r} in phase_mixture."
-                        f"lexicon_kinds: use {' or '.join(LEXICON_KINDS)}")
+                        f"lexicon_kinds: use {', '.join(ALL_LEXICON_KINDS)}")
   if not chat_codes and not lexicon_codes:
     raise ConfigError(f"phase_mixture {name!r} has no languages: set "
                       "phase_mixture.chat_languages or lexicon_languages")

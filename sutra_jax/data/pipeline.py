@@ -100,7 +100,8 @@ def get_dataset(
   Returns:
     A dataset of dicts of [B, L] tensors: int32 `decoder_target_tokens`,
     `decoder_input_tokens`, `decoder_segment_ids`, `decoder_positions`,
-    `encoder_language_ids`, `decoder_language_ids` and float32
+    `encoder_language_ids`, `decoder_language_ids`,
+    `decoder_example_kinds`, `decoder_pair_ids` and float32
     `decoder_loss_weights`.
 
   Raises:

@@ -6,6 +6,8 @@ vocabulary, so tasks built with two tokenizers can coexist in one registry:
     chat_<code>.vocab_<key>         conversations in <code>
     lexicon_en_<code>.vocab_<key>   English name -> name in <code>
     lexicon_<code>_en.vocab_<key>   name in <code> -> English name
+    parallel_en_<code>.vocab_<key>  English name and name in <code>, as a
+                                    parallel pair
 
 for example `chat_zh_Hant.vocab_1a2b3c4d`. `<key>` is the first 8 hex digits
 of the SHA-256 of `str(vocabulary)`, which for a `SentencePieceVocabulary`
@@ -20,6 +22,11 @@ Every task has the same output features, so any of them can be mixed:
 * `inputs_language`, `targets_language` (string scalars): language codes of
   `inputs` and `targets`. `sutra_jax.data.feature_converter` turns them into
   per-token language ids.
+* `example_kind` (string scalar): 'text' for chat, 'translation' for the
+  lexicon tasks, 'parallel' for the parallel-pair tasks (see
+  `sutra_jax.data.example_kinds`). A lexicon task trains translation with
+  loss on the target side; a parallel task gives the two names as separate
+  segments for the concept-consistency loss.
 
 Splits are `train` and `validation`, the held-out slice of
 `sutra_jax.data.corpus`.
@@ -41,7 +48,11 @@ from sutra_jax.languages import DEMO_LANGUAGES
 CHAT = "chat"
 LEXICON_FROM_ENGLISH = "lexicon_from_en"
 LEXICON_TO_ENGLISH = "lexicon_to_en"
-TASK_KINDS = (CHAT, LEXICON_FROM_ENGLISH, LEXICON_TO_ENGLISH)
+PARALLEL = "parallel"
+TASK_KINDS = (CHAT, LEXICON_FROM_ENGLISH, LEXICON_TO_ENGLISH, PARALLEL)
+# The `example_kind` feature of each task kind.
+_EXAMPLE_KIND = {CHAT: "text", LEXICON_FROM_ENGLISH: "translation",
+                 LEXICON_TO_ENGLISH: "translation", PARALLEL: "parallel"}
 
 # Maps a split name to its (inputs text, targets text) pairs.
 _PairsFn = Callable[[str], list[tuple[str, str]]]
@@ -116,6 +127,8 @@ def base_task_name(kind: str, code: str) -> str:
     return f"lexicon_en_{code}"
   if kind == LEXICON_TO_ENGLISH:
     return f"lexicon_{code}_en"
+  if kind == PARALLEL:
+    return f"parallel_en_{code}"
   raise ConfigError(f"unknown task kind {kind!r}: use one of "
                     f"{', '.join(TASK_KINDS)}")
 
@@ -161,14 +174,17 @@ def _text_pairs_source(pairs_fn: _PairsFn) -> _InMemorySource:
 
 
 def add_language_features(dataset: tf.data.Dataset, inputs_language: str,
-                          targets_language: str) -> tf.data.Dataset:
-  """Adds the `inputs_language` and `targets_language` string features."""
+                          targets_language: str,
+                          example_kind: str = "text") -> tf.data.Dataset:
+  """Adds the `inputs_language`, `targets_language` and `example_kind`
+  string features."""
 
   def add(example):
     return {
         **example,
         "inputs_language": tf.constant(inputs_language),
         "targets_language": tf.constant(targets_language),
+        "example_kind": tf.constant(example_kind),
     }
 
   return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
@@ -193,6 +209,7 @@ def output_features(vocabulary: seqio.Vocabulary,
       "targets": seqio.Feature(vocabulary, add_eos=True),
       "inputs_language": _language_feature(),
       "targets_language": _language_feature(),
+      "example_kind": _language_feature(),
   }
 
 
@@ -202,7 +219,7 @@ def output_features(vocabulary: seqio.Vocabulary,
 def _examples_fn(kind: str, code: str) -> _PairsFn:
   if kind == CHAT:
     return lambda split: [("", c) for c in corpus.conversations(code, split)]
-  if kind == LEXICON_FROM_ENGLISH:
+  if kind in (LEXICON_FROM_ENGLISH, PARALLEL):
     return lambda split: corpus.lexicon(code, split)
   return lambda split: [(x, en) for en, x in corpus.lexicon(code, split)]
 
@@ -220,6 +237,7 @@ def _register_task(kind: str, code: str,
       CHAT: (code, code),
       LEXICON_FROM_ENGLISH: ("en", code),
       LEXICON_TO_ENGLISH: (code, "en"),
+      PARALLEL: ("en", code),
   }[kind]
   source = _text_pairs_source(_examples_fn(kind, code))
   largest_split = max(source.num_input_examples(s) for s in corpus.SPLITS)
@@ -233,7 +251,8 @@ def _register_task(kind: str, code: str,
           seqio.preprocessors.append_eos_after_trim,
           functools.partial(add_language_features,
                             inputs_language=source_language,
-                            targets_language=target_language),
+                            targets_language=target_language,
+                            example_kind=_EXAMPLE_KIND[kind]),
       ],
       shuffle_buffer_size=max(largest_split, 1),
   )

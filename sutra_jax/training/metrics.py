@@ -82,6 +82,10 @@ class IntervalSummary:
     language_expert_counts: routed slots summed over the interval, per
       language code, as [num_core_layers][E]. Languages with no real tokens
       in the interval are left out. Not written to metrics.jsonl.
+    loss_terms: the loss terms of `sutra_jax.training.losses` over the
+      interval: `next_token` and `translation` are token-weighted over the
+      tokens each scores, `consistency` (when the phase weights it) is the
+      mean over steps. Terms without tokens in the interval are left out.
   """
 
   step: int
@@ -104,6 +108,7 @@ class IntervalSummary:
       default_factory=list)
   language_expert_counts: dict[str, list[list[float]]] = dataclasses.field(
       default_factory=dict)
+  loss_terms: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict[str, Any]:
     record = dataclasses.asdict(self)
@@ -181,6 +186,7 @@ class MetricsAccumulator:
         model_flops_per_second_per_device=flops_per_second,
         mfu=(flops_per_second / self._peak_flops
              if self._peak_flops and self._flops_per_token else None),
+        loss_terms=_loss_terms(fetched),
         **self._expert_metrics(fetched))
     self._steps = []
     self._start = time.perf_counter()
@@ -204,6 +210,22 @@ class MetricsAccumulator:
       reduced["layer_load_balancing_loss"] = np.mean(
           [m["layer_load_balancing_loss"] for m in fetched], axis=0).tolist()
     return reduced
+
+
+def _loss_terms(fetched: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  """Reduces the steps' loss terms; see `IntervalSummary.loss_terms`."""
+  terms = {}
+  for name in ("next_token", "translation"):
+    if f"{name}_loss" not in fetched[0]:
+      continue
+    tokens = np.asarray([m[f"{name}_tokens"] for m in fetched], np.float64)
+    if tokens.sum() > 0:
+      losses = np.asarray([m[f"{name}_loss"] for m in fetched], np.float64)
+      terms[name] = float(np.sum(losses * tokens) / tokens.sum())
+  if "consistency_loss" in fetched[0]:
+    terms["consistency"] = float(np.mean(
+        [m["consistency_loss"] for m in fetched]))
+  return terms
 
 
 def load_statistics(load: Sequence[float]) -> dict[str, float]:
@@ -283,6 +305,8 @@ class MetricsWriter:
       scalars[f"moe/layer_{layer}/load_balancing_loss"] = value
     for code, loss in summary.per_language_loss.items():
       scalars[f"lang/{code}/loss"] = loss
+    for name, loss in summary.loss_terms.items():
+      scalars[f"learning/{name}_loss"] = loss
     for tag, value in scalars.items():
       self._tensorboard.add_scalar(tag, value, summary.step)
     self._write_heatmaps(summary)

@@ -18,10 +18,13 @@ from absl import logging
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sutra_jax.errors import CheckpointError, ConfigError
 from sutra_jax.training import checkpoints
+from sutra_jax.training import growth
+from sutra_jax.training import losses as losses_lib
 from sutra_jax.training import optimizers
 
 PyTree = Any
@@ -33,11 +36,19 @@ PyTree = Any
 #           remaining rows keep the model's initialiser. This grows the
 #           vocabulary ([V, D] embeddings) or adds language groups ([G, ...]
 #           language-block weights) while keeping the trained rows.
-# NOTE: `extend` grows axis 0 only, so it cannot grow `lm_head/kernel` [D, V].
-# TODO: initialise a new language group from a named relative group, and new
-# vocabulary rows from the mean embedding of their pieces under the old
-# tokenizer.
-INIT_METHODS = ("fresh", "zeros", "extend")
+#   pieces: for `embed/embedding` [V, D] and `lm_head/kernel` [D, V] after a
+#           tokenizer merge. The trained entries stay. Each new piece starts
+#           as the mean of the entries of the pieces that the old tokenizer
+#           (`PhaseConfig.previous_vocabulary`) splits its text into (see
+#           `growth.piece_sources`).
+# New language groups need no entry here: `PhaseConfig.new_language_groups`
+# grows every language-block weight (see `growth.plan_groups`).
+# NOTE: `extend` grows axis 0 only, so it cannot grow `lm_head/kernel` [D, V];
+# use `pieces` or `fresh` for it.
+INIT_METHODS = ("fresh", "zeros", "extend", "pieces")
+
+# Parameters with a leading language-group axis [G, ...].
+LANGUAGE_BLOCKS = re.compile(r"^(encoder|decoder)/")
 
 
 @gin.configurable
@@ -69,6 +80,16 @@ class PhaseConfig:
     keep_checkpoints: checkpoints kept, newest first; None keeps all.
     log_every: steps per logging interval.
     seed: seed of the parameter initialisers and of data shuffling.
+    new_language_groups: `{group: source}` for language groups that this
+      phase adds after the groups of `init_from`; source is a trained group
+      whose weights the new group copies (for example `{'gu': 'hi'}`), or
+      'mean' for the mean of the trained groups. Gin may bind a dict or a
+      list of pairs.
+    previous_vocabulary: the SentencePiece model of `init_from`, when this
+      phase's vocabulary extends it (a tokenizer merge); parameters declared
+      'pieces' in `new_parameters` need it.
+    losses: the weights of the loss terms; bind its fields as
+      `LossConfig.<field>` (see `sutra_jax.training.losses`).
   """
 
   name: str = "phase"
@@ -87,12 +108,18 @@ class PhaseConfig:
   keep_checkpoints: int | None = 3
   log_every: int = 50
   seed: int = 0
+  new_language_groups: tuple[tuple[str, str], ...] = ()
+  previous_vocabulary: str | None = None
+  losses: losses_lib.LossConfig = dataclasses.field(
+      default_factory=losses_lib.LossConfig)
 
   def __post_init__(self):
     # Gin passes lists and dicts, so convert them to keep the config hashable.
     object.__setattr__(self, "trainable", _as_patterns(self.trainable))
     object.__setattr__(self, "new_parameters",
                        _as_pairs(self.new_parameters))
+    object.__setattr__(self, "new_language_groups", growth.as_pairs(
+        self.new_language_groups, "PhaseConfig.new_language_groups"))
     _validate_phase(self)
 
 
@@ -155,6 +182,12 @@ def _validate_phase(phase: PhaseConfig) -> None:
           f"PhaseConfig.new_parameters: use one of {', '.join(INIT_METHODS)}")
   for pattern in phase.trainable:
     _compile(pattern, "PhaseConfig.trainable")
+  uses_pieces = any(how == "pieces" for _, how in phase.new_parameters)
+  if uses_pieces and not phase.previous_vocabulary:
+    raise ConfigError(
+        "PhaseConfig.new_parameters declares 'pieces', which needs "
+        "PhaseConfig.previous_vocabulary: set it to the SentencePiece model "
+        "of the init_from run")
 
 
 def _is_int(value) -> bool:
@@ -211,19 +244,24 @@ class HandOffPlan:
 def plan_hand_off(new_shapes: Mapping[str, tuple[int, ...]],
                   saved_shapes: Mapping[str, tuple[int, ...]],
                   new_parameters: Sequence[tuple[str, str]],
-                  source: str) -> HandOffPlan:
+                  source: str,
+                  groups: growth.GroupGrowth | None = None) -> HandOffPlan:
   """Decides, strictly, which parameters are restored and which initialised.
 
   A parameter that matches a `new_parameters` pattern is initialised as
   declared, even when the checkpoint has it, and the first matching pattern
   wins. `extend` needs the parameter in the checkpoint with at most as many
-  rows. Every other parameter must be in the checkpoint with the same shape.
+  rows, and `pieces` needs it there too. With `groups`, a language-block
+  parameter whose first axis grows from the checkpoint's group count to the
+  model's is initialised as 'groups'. Every other parameter must be in the
+  checkpoint with the same shape.
 
   Args:
     new_shapes: `{path: shape}` of the new model.
     saved_shapes: `{path: shape}` of the checkpoint.
     new_parameters: (pattern, how) pairs of the phase.
     source: the checkpoint, for error messages.
+    groups: the new language groups of the phase, if any.
 
   Raises:
     ConfigError: a `new_parameters` pattern matches no parameter.
@@ -244,6 +282,14 @@ def plan_hand_off(new_shapes: Mapping[str, tuple[int, ...]],
     if how == "extend":
       _check_extendable(path, shape, saved, source)
       initialised[path] = how
+    elif how == "pieces":
+      if saved is None:
+        raise CheckpointError(
+            f"{path} is declared 'pieces' in PhaseConfig.new_parameters but "
+            f"is not in {source}; declare it 'fresh' instead")
+      initialised[path] = how
+    elif how is None and _grows_groups(path, shape, saved, groups):
+      initialised[path] = "groups"
     elif how is not None:
       initialised[path] = how
     elif saved is None:
@@ -262,12 +308,23 @@ def plan_hand_off(new_shapes: Mapping[str, tuple[int, ...]],
   if mismatched:
     raise CheckpointError(
         f"{len(mismatched)} parameters have another shape in {source}: "
-        f"{_first(mismatched)}. Use the model config of that run, or declare "
-        "them in PhaseConfig.new_parameters with 'extend' (more rows) or "
-        "'fresh'")
+        f"{_first(mismatched)}. Use the model config of that run, declare "
+        "new language groups in PhaseConfig.new_language_groups, or declare "
+        "the parameters in PhaseConfig.new_parameters with 'extend' (more "
+        "rows), 'pieces' (a merged vocabulary) or 'fresh'")
   unused = tuple(p for p in saved_shapes if p not in new_shapes)
   return HandOffPlan(restored=tuple(restored), initialised=initialised,
                      unused=unused)
+
+
+def _grows_groups(path: str, shape, saved,
+                  groups: growth.GroupGrowth | None) -> bool:
+  """Checks whether `path` is a language-block weight that gains new groups."""
+  if groups is None or saved is None or not LANGUAGE_BLOCKS.search(path):
+    return False
+  return (len(saved) == len(shape) and tuple(saved[1:]) == tuple(shape[1:])
+          and saved[0] == groups.old_count and
+          shape[0] == groups.old_count + len(groups.sources))
 
 
 def _check_extendable(path, shape, saved, source) -> None:
@@ -289,9 +346,55 @@ def _first(items: Sequence[str], count: int = 5) -> str:
                   else "")
 
 
+@dataclasses.dataclass(frozen=True)
+class Growth:
+  """The additions of a hand-off to the previous phase's model.
+
+  Attributes:
+    group_names: the new model's language group names, in id order.
+    new_language_groups: `PhaseConfig.new_language_groups`.
+    previous_vocabulary: the SentencePiece model of the previous phase, for
+      parameters declared 'pieces'.
+    vocabulary: this phase's SentencePiece model, which extends
+      `previous_vocabulary`.
+  """
+
+  group_names: tuple[str, ...] = ()
+  new_language_groups: tuple[tuple[str, str], ...] = ()
+  previous_vocabulary: str | None = None
+  vocabulary: str | None = None
+
+
+def growth_of(phase: PhaseConfig, group_names: Sequence[str]) -> Growth:
+  """Returns the `Growth` of a phase whose language groups are `group_names`.
+
+  The phase's vocabulary is the SentencePiece model of its mixture's
+  `targets` feature, read only when a parameter is declared 'pieces'.
+  """
+  vocabulary = None
+  if any(how == "pieces" for _, how in phase.new_parameters):
+    vocabulary = _mixture_vocabulary_file(phase.mixture)
+  return Growth(group_names=tuple(group_names),
+                new_language_groups=phase.new_language_groups,
+                previous_vocabulary=phase.previous_vocabulary,
+                vocabulary=vocabulary)
+
+
+def _mixture_vocabulary_file(mixture: str | None) -> str | None:
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  try:
+    provider = seqio.get_mixture_or_task(mixture)
+  except (ValueError, TypeError):
+    return None
+  vocabulary = provider.output_features["targets"].vocabulary
+  return getattr(vocabulary, "sentencepiece_model_file", None)
+
+
 def restore_previous_phase(params: PyTree, init_from: str,
                            new_parameters: Sequence[tuple[str, str]],
-                           mesh: Mesh) -> PyTree:
+                           mesh: Mesh,
+                           grown: Growth = Growth()) -> PyTree:
   """Replaces freshly initialised parameters by those of the previous phase.
 
   Args:
@@ -300,6 +403,7 @@ def restore_previous_phase(params: PyTree, init_from: str,
     init_from: run directory of the previous phase.
     new_parameters: (pattern, how) pairs of the phase.
     mesh: the device mesh.
+    grown: new language groups and the vocabularies of a merge.
 
   Returns:
     The parameters with the same structure and shardings.
@@ -307,21 +411,37 @@ def restore_previous_phase(params: PyTree, init_from: str,
   Raises:
     CheckpointError: no finished checkpoint in `init_from`, or parameters
       that are neither in it nor declared new (see `plan_hand_off`).
+    ConfigError: invalid new language groups or vocabularies.
   """
   step = final_step(init_from)
   source = str(checkpoints.checkpoint_dir(init_from) / str(step))
   saved = checkpoints.param_metadata(init_from, step)
   flat = optimizers.flatten_params(params)
+  groups = growth.plan_groups(grown.group_names, grown.new_language_groups)
   plan = plan_hand_off({p: x.shape for p, x in flat.items()},
                        {p: x.shape for p, x in saved.items()},
-                       new_parameters, source)
+                       new_parameters, source, groups)
+  if groups is not None and "groups" not in plan.initialised.values():
+    raise CheckpointError(
+        f"PhaseConfig.new_language_groups declares "
+        f"{[g for g, _ in grown.new_language_groups]}, but no language-block "
+        f"weight in {source} has {groups.old_count} groups; remove the "
+        "declaration or point init_from at the run without those groups")
+  pieces = None
+  if "pieces" in plan.initialised.values():
+    if not grown.vocabulary:
+      raise ConfigError("parameters declared 'pieces' need the phase's "
+                        "SentencePiece vocabulary; train from a seqio mixture "
+                        "with a SentencePiece vocabulary")
+    pieces = growth.piece_sources(grown.previous_vocabulary,
+                                  grown.vocabulary)
 
   targets = {p: jax.ShapeDtypeStruct(flat[p].shape, flat[p].dtype,
                                      sharding=flat[p].sharding)
              for p in plan.restored}
   replicated = NamedSharding(mesh, PartitionSpec())
   for path, how in plan.initialised.items():
-    if how == "extend":
+    if how in ("extend", "pieces", "groups"):
       targets[path] = jax.ShapeDtypeStruct(saved[path].shape,
                                            flat[path].dtype,
                                            sharding=replicated)
@@ -329,9 +449,21 @@ def restore_previous_phase(params: PyTree, init_from: str,
 
   for path in plan.restored:
     flat[path] = loaded[path]
+  details = {}
   for path, how in plan.initialised.items():
-    flat[path] = _initialise(flat[path], how, loaded.get(path))
-  _log_plan(plan, source, flat)
+    if how == "groups":
+      value = growth.grow_groups(np.asarray(loaded[path]), groups)
+      details[path] = "; ".join(groups.description)
+    elif how == "pieces":
+      value = growth.grow_vocabulary(np.asarray(loaded[path]),
+                                     np.asarray(flat[path]), pieces)
+      details[path] = growth.describe_sources(pieces)
+    else:
+      flat[path] = _initialise(flat[path], how, loaded.get(path))
+      continue
+    flat[path] = jax.device_put(value.astype(flat[path].dtype),
+                                flat[path].sharding)
+  _log_plan(plan, source, flat, details)
   return optimizers.unflatten_like(params, flat)
 
 
@@ -369,7 +501,8 @@ def _initialise(fresh: jax.Array, how: str,
                  out_shardings=fresh.sharding)(fresh, saved)
 
 
-def _log_plan(plan: HandOffPlan, source: str, flat: Mapping[str, Any]) -> None:
+def _log_plan(plan: HandOffPlan, source: str, flat: Mapping[str, Any],
+              details: Mapping[str, str]) -> None:
   by_module: dict[str, int] = {}
   for path in plan.restored:
     module = path.split("/", 1)[0]
@@ -378,7 +511,9 @@ def _log_plan(plan: HandOffPlan, source: str, flat: Mapping[str, Any]) -> None:
   logging.info("Restored %d parameters from %s (%s)", len(plan.restored),
                source, summary or "none")
   for path, how in plan.initialised.items():
-    logging.info("Initialised %s %s: %s", path, tuple(flat[path].shape), how)
+    detail = f" ({details[path]})" if path in details else ""
+    logging.info("Initialised %s %s: %s%s", path, tuple(flat[path].shape),
+                 how, detail)
   if plan.unused:
     logging.warning("%d parameters of %s are not in the model and were not "
                     "restored: %s", len(plan.unused), source,

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from sutra_jax.errors import DataError
+from sutra_jax.training import losses
 from sutra_jax.training import optimizers
 
 PyTree = Any
@@ -37,7 +38,12 @@ BATCH_FEATURES = (
     "decoder_positions",
     "encoder_language_ids",
     "decoder_language_ids",
+    "decoder_example_kinds",
+    "decoder_pair_ids",
 )
+# Features that a batch may leave out; they are then all 0 (every token is
+# text, no parallel pairs), as in batches of older pipelines.
+OPTIONAL_FEATURES = ("decoder_example_kinds", "decoder_pair_ids")
 
 
 @flax.struct.dataclass
@@ -61,10 +67,11 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-  """Weights of the auxiliary MoE losses in the training objective."""
+  """Weights of the loss terms and of the auxiliary MoE losses."""
 
   load_balancing: float = 0.01
   router_z: float = 0.001
+  terms: losses.LossConfig = losses.LossConfig()
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
@@ -140,22 +147,28 @@ def compute_loss(params: PyTree, graphdef: nnx.GraphDef,
                  num_languages: int) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Runs the model and returns (objective, metrics).
 
-  The objective is the masked cross-entropy plus the weighted load-balancing
-  and router z-losses of the concept core (averages over its layers).
-  Besides the losses, the metrics contain `layer_load_balancing_loss`
-  [num_core_layers], `dropped_fraction` (the share of routed copies of real
-  tokens that a capacity-limited dispatch dropped), `expert_load`
-  [num_core_layers, E] and `language_expert_counts` [N, num_core_layers, E]
-  (see `expert_counts_by_language`).
+  The objective is the weighted sum of the next-token, translation and
+  concept-consistency terms (`losses.weighted_terms`) plus the weighted
+  load-balancing and router z-losses of the concept core (averages over its
+  layers). Besides the losses, the metrics contain
+  `layer_load_balancing_loss` [num_core_layers], `dropped_fraction` (the
+  share of routed copies of real tokens that a capacity-limited dispatch
+  dropped), `expert_load` [num_core_layers, E] and `language_expert_counts`
+  [N, num_core_layers, E] (see `expert_counts_by_language`).
   """
   model = nnx.merge(graphdef, params)
   output = run_model(model, batch)
   metrics = cross_entropy(output.logits, batch["decoder_target_tokens"],
                           batch["decoder_loss_weights"],
                           batch["decoder_language_ids"], num_languages)
+  token_loss = optax.softmax_cross_entropy_with_integer_labels(
+      output.logits.astype(jnp.float32), batch["decoder_target_tokens"])
+  terms_loss, terms = losses.weighted_terms(token_loss, output.core_hidden,
+                                            batch, loss_weights.terms)
+  metrics.update(terms)
   load_balancing = output.aux["load_balancing_loss"]
   router_z = output.aux["router_z_loss"]
-  loss = (metrics["cross_entropy"] +
+  loss = (terms_loss +
           loss_weights.load_balancing * load_balancing +
           loss_weights.router_z * router_z)
   metrics.update(loss=loss, load_balancing_loss=load_balancing,
@@ -250,19 +263,22 @@ def device_batch(batch: Mapping[str, np.ndarray],
   """Places this process's rows of a batch onto the mesh as global arrays.
 
   Every process passes its own [B / processes, L] rows; the result is the
-  [B, L] global batch. Features other than `BATCH_FEATURES` are dropped.
+  [B, L] global batch. Features other than `BATCH_FEATURES` are dropped,
+  and missing `OPTIONAL_FEATURES` are filled with zeros.
 
   Raises:
-    DataError: a feature of `BATCH_FEATURES` is missing.
+    DataError: a required feature of `BATCH_FEATURES` is missing.
   """
-  missing = [name for name in BATCH_FEATURES if name not in batch]
+  missing = [name for name in BATCH_FEATURES
+             if name not in batch and name not in OPTIONAL_FEATURES]
   if missing:
     raise DataError(f"batch is missing the features {', '.join(missing)}; "
                     f"it has {', '.join(sorted(batch))}. Use a dataset from "
                     "sutra_jax.data.pipeline.get_dataset")
   arrays = {}
+  rows = np.shape(batch["decoder_segment_ids"])
   for name in BATCH_FEATURES:
-    value = np.asarray(batch[name])
+    value = np.asarray(batch[name]) if name in batch else np.zeros(rows)
     if name == "decoder_loss_weights":
       value = value.astype(np.float32)
     else:

@@ -231,8 +231,9 @@ class _Setup:
                                               phase.seed, self.rules)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     if phase.init_from:
-      params = phases.restore_previous_phase(params, phase.init_from,
-                                             phase.new_parameters, self.mesh)
+      params = phases.restore_previous_phase(
+          params, phase.init_from, phase.new_parameters, self.mesh,
+          phases.growth_of(phase, languages.language_table().group_names))
     elif phase.new_parameters:
       logging.warning("PhaseConfig.new_parameters is ignored because "
                       "init_from is not set: every parameter starts fresh")
@@ -434,7 +435,8 @@ def _compile(setup: _Setup, state: TrainState,
       state_shardings=setup.shardings, batch_sharding=setup.batch_sharding,
       loss_weights=train_step_lib.LossWeights(
           load_balancing=setup.phase.load_balancing_loss_weight,
-          router_z=setup.phase.router_z_loss_weight),
+          router_z=setup.phase.router_z_loss_weight,
+          terms=setup.phase.losses),
       num_languages=len(table))
   start = time.perf_counter()
   with jax.set_mesh(setup.mesh):

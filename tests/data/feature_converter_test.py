@@ -77,6 +77,10 @@ def test_packed_row_matches_hand_computed():
                                TA, TA, 0, 0, 0],
       "decoder_language_ids": [HI, HI, HI, EN, EN, EN, EN, EN, EN, EN, TA,
                                TA, TA, 0, 0, 0],
+      # Without `example_kind`, an example with inputs is a translation.
+      "decoder_example_kinds": [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1,
+                                0, 0, 0],
+      "decoder_pair_ids": [0] * 16,
   }
   assert set(row) == set(expected)
   for name, values in expected.items():
@@ -187,3 +191,56 @@ def test_missing_language_feature_raises():
   converter = SutraFeatureConverter(TABLE)
   with pytest.raises(ValueError, match="inputs_language"):
     converter(ds, {"inputs": 4, "targets": 4})
+
+
+_KIND_SIGNATURE = {**_SIGNATURE,
+                   "example_kind": tf.TensorSpec([], tf.string)}
+
+
+def _convert_kinds(examples, length=LENGTH):
+  converter = SutraFeatureConverter(TABLE, pack=True)
+  ds = tf.data.Dataset.from_generator(lambda: iter(examples),
+                                      output_signature=_KIND_SIGNATURE)
+  return list(converter(ds, {"inputs": length, "targets": length})
+              .as_numpy_iterator())
+
+
+def test_parallel_pair_becomes_two_segments():
+  examples = [
+      {**_example([], [5, 6, 1], "hi", "hi"), "example_kind": "text"},
+      {**_example([10, 11, 1], [12, 13, 14, 1], "en", "ta"),
+       "example_kind": "parallel"},
+      {**_example([7, 1], [8, 1], "en", "hi"), "example_kind": "translation"},
+  ]
+  row = _convert_kinds(examples, length=18)[0]
+
+  # Segment:   1 1 1   2 2 2   3 3 3 3   4 4 4 4   padding
+  expected = {
+      "decoder_target_tokens": [5, 6, 1, 10, 11, 1, 12, 13, 14, 1, 7, 1, 8,
+                                1, 0, 0, 0, 0],
+      "decoder_input_tokens": [0, 5, 6, 0, 10, 11, 0, 12, 13, 14, 0, 7, 1,
+                               8, 0, 0, 0, 0],
+      "decoder_segment_ids": [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 0, 0,
+                              0, 0],
+      "decoder_positions": [0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 0, 0,
+                            0, 0],
+      "decoder_loss_weights": [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0,
+                               0, 0, 0],
+      "encoder_language_ids": [HI, HI, HI, EN, EN, EN, TA, TA, TA, TA, EN,
+                               EN, EN, HI, 0, 0, 0, 0],
+      "decoder_language_ids": [HI, HI, HI, EN, EN, EN, TA, TA, TA, TA, EN,
+                               EN, HI, HI, 0, 0, 0, 0],
+      "decoder_example_kinds": [0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 0,
+                                0, 0, 0],
+      # Both sentences of the pair carry the segment id of the first.
+      "decoder_pair_ids": [0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0,
+                           0, 0],
+  }
+  for name, values in expected.items():
+    np.testing.assert_array_equal(row[name], values, err_msg=name)
+
+
+def test_unknown_example_kind_fails():
+  with pytest.raises(tf.errors.InvalidArgumentError, match="example_kind"):
+    _convert_kinds([{**_example([], [5, 1], "hi", "hi"),
+                     "example_kind": "poem"}])

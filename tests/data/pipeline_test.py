@@ -22,6 +22,8 @@ FEATURES = {
     "decoder_positions": np.int32,
     "encoder_language_ids": np.int32,
     "decoder_language_ids": np.int32,
+    "decoder_example_kinds": np.int32,
+    "decoder_pair_ids": np.int32,
 }
 
 

@@ -32,6 +32,8 @@ def test_task_names(names, vocabulary):
                                    f"lexicon_en_zh_Hant.vocab_{key}"],
       tasks.LEXICON_TO_ENGLISH: [f"lexicon_hi_en.vocab_{key}",
                                  f"lexicon_zh_Hant_en.vocab_{key}"],
+      tasks.PARALLEL: [f"parallel_en_hi.vocab_{key}",
+                       f"parallel_en_zh_Hant.vocab_{key}"],
   }
 
 
@@ -63,6 +65,16 @@ def test_lexicon_example(names, vocabulary):
   assert list(example["targets"]) == vocabulary.encode(hindi) + [eos]
   assert example["inputs_language"] == b"en"
   assert example["targets_language"] == b"hi"
+  assert example["example_kind"] == b"translation"
+
+
+def test_parallel_example(names, vocabulary):
+  example = _first(names[tasks.PARALLEL][0])
+  english, hindi = corpus.lexicon("hi", "validation")[0]
+  eos = vocabulary.eos_id
+  assert list(example["inputs"]) == vocabulary.encode(english) + [eos]
+  assert list(example["targets"]) == vocabulary.encode(hindi) + [eos]
+  assert example["example_kind"] == b"parallel"
 
 
 def test_reverse_lexicon_example(names, vocabulary):
@@ -83,6 +95,7 @@ def test_chat_example(names, vocabulary):
   assert vocabulary.tokenizer.piece_to_id(chat.USER) in example["targets"]
   assert example["inputs_language"] == b"zh-Hant"
   assert example["targets_language"] == b"zh-Hant"
+  assert example["example_kind"] == b"text"
 
 
 def test_split_sizes(names):

@@ -65,6 +65,21 @@ def test_phase_gin_files_parse():
   assert gin.query_parameter("PhaseConfig.trainable") == (".*",)
 
 
+def test_add_language_gin_declares_the_new_group():
+  gin_utils.parse_config(["runs/demo.gin", "phases/add_language.gin"], [])
+  assert gin.query_parameter("PhaseConfig.new_language_groups") == {
+      "gu": "hi"}
+  assert gin.query_parameter("language_table.languages")[-1] == "gu"
+  assert gin.query_parameter("LossConfig.consistency") == "infonce"
+
+
+@pytest.mark.parametrize("name", ["concept", "language", "alignment", "add",
+                                  "joint"])
+def test_experiment_gin_files_parse(name):
+  gin_utils.parse_config([f"experiments/add_language/{name}.gin"], [])
+  assert gin.query_parameter("PhaseConfig.num_steps") in (150, 450)
+
+
 def test_demo_run_file_sets_every_macro():
   for name in ("concept", "language", "alignment"):
     gin.clear_config()
