@@ -31,6 +31,7 @@ from sutra_jax.models import flops
 from sutra_jax.models.config import ModelConfig, make_model_config
 from sutra_jax.models.sutra import SutraModel
 from sutra_jax.training import checkpoints
+from sutra_jax.training import guard
 from sutra_jax.training import metrics as metrics_lib
 from sutra_jax.training import optimizers
 from sutra_jax.training import phases
@@ -96,6 +97,7 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   """
   phase = phase or phases.phase_from_gin()
   table = languages.language_table()
+  guard_config = guard.NonFiniteGuardConfig()
   prepare_run_dir(run_dir)
   done = checkpoints.latest_step(run_dir)
   if done is not None:
@@ -126,7 +128,8 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
                                           save_every=phase.checkpoint_every,
                                           keep=phase.keep_checkpoints)
   try:
-    return _train_loop(run_dir, phase, table, setup, checkpointer, batches)
+    return _train_loop(run_dir, phase, table, setup, checkpointer, batches,
+                       guard.NonFiniteGuard(guard_config, table.codes))
   finally:
     checkpointer.close()
 
@@ -333,7 +336,8 @@ def model_config_for_phase(table: languages.LanguageTable,
 def _train_loop(run_dir: str, phase: phases.PhaseConfig,
                 table: languages.LanguageTable, setup: _Setup,
                 checkpointer: checkpoints.Checkpointer,
-                batches: Iterator[Batch]) -> TrainResult:
+                batches: Iterator[Batch],
+                nan_guard: guard.NonFiniteGuard) -> TrainResult:
   latest = checkpointer.latest_step()
   if latest is None:
     state = setup.initial_state()
@@ -368,13 +372,22 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
       state, step_metrics = step_fn(
           state, train_step_lib.device_batch(batch, setup.batch_sharding))
       interval.add(step_metrics)
-      if step % phase.log_every == 0 or step == phase.num_steps:
+      nan_guard.add(step, step_metrics)
+      log_due = step % phase.log_every == 0 or step == phase.num_steps
+      if log_due:
         writer.write(interval.summarize(step))
+      if log_due or nan_guard.due() or step % phase.checkpoint_every == 0:
+        if nan_guard.check() == guard.RESTORE:
+          state = guard.roll_back(checkpointer, setup.abstract_state, step,
+                                  nan_guard)
       progress = checkpoints.Progress(step=step, batches_consumed=consumed,
                                       phase=phase.name,
                                       num_steps=phase.num_steps)
-      checkpointer.save(state, progress,
-                        force=step == phase.num_steps)
+      if not nan_guard.last_step_skipped or step == phase.num_steps:
+        # A skipped step's state equals the last good one, but a run of
+        # skips can mean broken weights, which must not replace the
+        # checkpoint a rollback would restore.
+        checkpointer.save(state, progress, force=step == phase.num_steps)
     checkpointer.wait()
   finally:
     writer.close()
