@@ -35,6 +35,7 @@ from sutra_jax.training import guard
 from sutra_jax.training import metrics as metrics_lib
 from sutra_jax.training import optimizers
 from sutra_jax.training import phases
+from sutra_jax.training import preflight
 from sutra_jax.training import run_summary
 from sutra_jax.training import train_step as train_step_lib
 from sutra_jax.training.train_step import TrainState
@@ -98,6 +99,9 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   phase = phase or phases.phase_from_gin()
   table = languages.language_table()
   guard_config = guard.NonFiniteGuardConfig()
+  mesh = partitioning.make_mesh()
+  rules = partitioning.axis_rules()
+  preflight.check_batch_divides(phase.batch_size, mesh, rules)
   prepare_run_dir(run_dir)
   done = checkpoints.latest_step(run_dir)
   if done is not None:
@@ -118,11 +122,12 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   consumed = (checkpoints.read_progress(run_dir, done).batches_consumed
               if done is not None else 0)
 
-  batches = _open_dataset(phase, table, dataset_fn, consumed)
   model_config = model_config_for_phase(
       table, phase, vocab_from_mixture=dataset_fn is None)
-  mesh = partitioning.make_mesh()
-  rules = partitioning.axis_rules()
+  if done is not None:
+    preflight.check_vocab_matches(run_dir, done, model_config.vocab_size,
+                                  f"PhaseConfig.mixture {phase.mixture!r}")
+  batches = _open_dataset(phase, table, dataset_fn, consumed)
   setup = _Setup.build(phase, model_config, mesh, rules)
   checkpointer = checkpoints.Checkpointer(run_dir,
                                           save_every=phase.checkpoint_every,
