@@ -8,7 +8,6 @@ import math
 
 from jax.sharding import Mesh
 
-from sutra_jax import partitioning
 from sutra_jax.errors import CheckpointError, ConfigError
 from sutra_jax.training import checkpoints
 
