@@ -6,6 +6,7 @@ entry points import this module before parsing any gin file.
 
 # pylint: disable=unused-import
 from sutra_jax import languages
+from sutra_jax.training import guard
 from sutra_jax.training import losses
 from sutra_jax.training import optimizers
 from sutra_jax.training import phases

@@ -20,3 +20,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint that is missing, incomplete or does not match the model."""
+
+
+class DivergenceError(UserError):
+  """Training kept producing a non-finite loss or gradient norm."""

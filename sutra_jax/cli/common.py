@@ -29,10 +29,13 @@ class _DropLibraryInfo(logging_std.Filter):
             f"{os.sep}seqio{os.sep}")
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    if (f"{os.sep}orbax{os.sep}" in record.pathname and
-        record.levelno <= logging_std.WARNING):
-      # orbax warns on every read-only open of a checkpoint folder.
-      return False
+    if f"{os.sep}orbax{os.sep}" in record.pathname:
+      if record.levelno <= logging_std.WARNING:
+        # orbax warns on every read-only open of a checkpoint folder.
+        return False
+      # orbax logs each failed writer thread of a failed save with its
+      # traceback; the trainer reports the failure as one error line.
+      record.exc_info, record.exc_text = None, None
     if record.levelno > logging_std.INFO:
       # gin logs a failed lookup of each search path as an error, even when
       # a later path has the file.

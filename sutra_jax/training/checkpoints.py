@@ -58,6 +58,10 @@ class Progress:
 # and JSONDecodeError), KeyError and TypeError for a missing or different
 # tree, OSError for missing files, RuntimeError from the async reader.
 _READ_ERRORS = (ValueError, KeyError, TypeError, OSError, RuntimeError)
+# Exceptions of a failed write, such as ENOSPC (disk full) or EFBIG: OSError
+# from Python file writes, ValueError and RuntimeError from tensorstore and
+# the background thread of an asynchronous save.
+_WRITE_ERRORS = (OSError, ValueError, RuntimeError)
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> epath.Path:
@@ -111,6 +115,8 @@ class Checkpointer:
     """
     self.directory = checkpoint_dir(run_dir)
     self.save_every = save_every
+    # The step of the latest asynchronous save, for errors found later.
+    self._pending_step: int | None = None
     # `save` decides itself which steps are due, because orbax's default
     # policy also saves the first step passed to it.
     options = ocp.CheckpointManagerOptions(
@@ -139,8 +145,12 @@ class Checkpointer:
         opt_state=ocp.args.StandardSave(state.opt_state),
         rng=ocp.args.StandardSave({"key_data": state.rng}),
         progress=ocp.args.JsonSave(dataclasses.asdict(progress)))
-    started = self._manager.save(progress.step, args=args, force=True)
+    try:
+      started = self._manager.save(progress.step, args=args, force=True)
+    except _WRITE_ERRORS as e:
+      raise self._save_error(progress.step, e) from None
     if started:
+      self._pending_step = progress.step
       logging.info("Saving checkpoint of step %d to %s", progress.step,
                    self.directory)
     return started
@@ -191,12 +201,39 @@ class Checkpointer:
     return state, progress
 
   def wait(self) -> None:
-    """Blocks until the pending asynchronous save is on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the pending asynchronous save is on disk.
+
+    Raises:
+      CheckpointError: the save failed, for example on a full disk.
+    """
+    try:
+      self._manager.wait_until_finished()
+    except _WRITE_ERRORS as e:
+      self._drain()
+      raise self._save_error(self._pending_step, e) from None
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""
-    self._manager.close()
+    try:
+      self._manager.close()
+    except _WRITE_ERRORS as e:
+      raise self._save_error(self._pending_step, e) from None
+
+  def _drain(self) -> None:
+    """Lets the other writer threads of a failed save end before exit."""
+    try:
+      self._manager.close()
+    except _WRITE_ERRORS:
+      # Further errors of the same failed save; the first one is reported.
+      pass
+
+  def _save_error(self, step: int | None, error: Exception) -> CheckpointError:
+    # Orbax writes into a temporary folder and renames it when complete, so
+    # a failed save leaves no step folder and older steps stay intact.
+    return CheckpointError(
+        f"cannot save the checkpoint of step {step} to {self.directory}: "
+        f"{_first_line(error)}; free disk space or choose another --run_dir,"
+        " then re-run the command to resume from the newest saved step")
 
   def __enter__(self) -> "Checkpointer":
     return self
@@ -226,9 +263,15 @@ def _check_complete(restored: PyTree, target: PyTree, path: epath.Path,
         " or restore the gin config of that run from its config.gin")
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: Exception, limit: int = 300) -> str:
+  """Returns the first line of `error`, cut to `limit` characters.
+
+  Tensorstore appends its whole JSON spec to the line, which is dropped.
+  """
   text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
+  line = text.splitlines()[0] if text else type(error).__name__
+  line = line.split(" [tensorstore_spec=", 1)[0]
+  return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def latest_step(run_dir: str | os.PathLike) -> int | None:

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from sutra_jax.errors import DataError
+from sutra_jax.training import guard
 from sutra_jax.training import losses
 from sutra_jax.training import optimizers
 
@@ -205,7 +206,12 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                graphdef: nnx.GraphDef, optimizer: optimizers.Optimizer,
                loss_weights: LossWeights,
                num_languages: int) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Takes one optimizer step. This is the body that `make_train_step` jits."""
+  """Takes one optimizer step. This is the body that `make_train_step` jits.
+
+  A step whose loss or gradient norm is not finite is skipped: the returned
+  state has the same parameters and optimizer state, `step` still advances,
+  and `metrics["skipped"]` is 1 (else 0).
+  """
 
   def objective(params):
     # Frozen parameters get no gradient, so XLA skips their weight-gradient
@@ -215,13 +221,23 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
     return compute_loss(params, graphdef, batch, loss_weights, num_languages)
 
   grads, metrics = jax.grad(objective, has_aux=True)(state.params)
-  updates, opt_state = optimizer.tx.update(grads, state.opt_state,
-                                           state.params)
-  params = optimizers.apply_updates(state.params, updates,
-                                    optimizer.trainable)
+  grad_norm = optimizers.global_norm(grads, optimizer.trainable)
+
+  def update(_):
+    updates, opt_state = optimizer.tx.update(grads, state.opt_state,
+                                             state.params)
+    return (optimizers.apply_updates(state.params, updates,
+                                     optimizer.trainable), opt_state)
+
+  # A non-finite loss or gradient would poison the weights and the AdamW
+  # moments for good, so such a step keeps both unchanged (see `guard`).
+  finite = guard.step_is_finite(metrics["loss"], grad_norm)
+  params, opt_state = jax.lax.cond(
+      finite, update, lambda _: (state.params, state.opt_state), None)
   metrics.update(
       learning_rate=optimizer.schedule(state.step),
-      grad_norm=optimizers.global_norm(grads, optimizer.trainable))
+      grad_norm=grad_norm,
+      skipped=jnp.logical_not(finite).astype(jnp.int32))
   new_state = TrainState(step=state.step + 1, params=params,
                          opt_state=opt_state, rng=state.rng)
   return new_state, metrics

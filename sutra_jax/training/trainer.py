@@ -34,10 +34,12 @@ from sutra_jax.models.config import ModelConfig, make_model_config
 from sutra_jax.models.sutra import SutraModel
 from sutra_jax.training import checkpoints
 from sutra_jax.training import data_shards
+from sutra_jax.training import guard
 from sutra_jax.training import metrics as metrics_lib
 from sutra_jax.training import optimizers
 from sutra_jax.training import phases
 from sutra_jax.training import preemption
+from sutra_jax.training import preflight
 from sutra_jax.training import run_summary
 from sutra_jax.training import train_step as train_step_lib
 from sutra_jax.training.train_step import TrainState
@@ -101,6 +103,10 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   """
   phase = phase or phases.phase_from_gin()
   table = languages.language_table()
+  guard_config = guard.NonFiniteGuardConfig()
+  mesh = distributed.make_mesh()
+  rules = partitioning.axis_rules()
+  preflight.check_batch_divides(phase.batch_size, mesh, rules)
   prepare_run_dir(run_dir)
   done = checkpoints.latest_step(run_dir)
   if done is not None:
@@ -121,17 +127,19 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
   consumed = (checkpoints.read_progress(run_dir, done).batches_consumed
               if done is not None else 0)
 
-  batches = _open_dataset(phase, table, dataset_fn, consumed)
   model_config = model_config_for_phase(
       table, phase, vocab_from_mixture=dataset_fn is None)
-  mesh = distributed.make_mesh()
-  rules = partitioning.axis_rules()
+  if done is not None:
+    preflight.check_vocab_matches(run_dir, done, model_config.vocab_size,
+                                  f"PhaseConfig.mixture {phase.mixture!r}")
+  batches = _open_dataset(phase, table, dataset_fn, consumed)
   setup = _Setup.build(phase, model_config, mesh, rules)
   checkpointer = checkpoints.Checkpointer(run_dir,
                                           save_every=phase.checkpoint_every,
                                           keep=phase.keep_checkpoints)
   try:
-    return _train_loop(run_dir, phase, table, setup, checkpointer, batches)
+    return _train_loop(run_dir, phase, table, setup, checkpointer, batches,
+                       guard.NonFiniteGuard(guard_config, table.codes))
   finally:
     checkpointer.close()
 
@@ -352,7 +360,8 @@ def model_config_for_phase(table: languages.LanguageTable,
 def _train_loop(run_dir: str, phase: phases.PhaseConfig,
                 table: languages.LanguageTable, setup: _Setup,
                 checkpointer: checkpoints.Checkpointer,
-                batches: Iterator[Batch]) -> TrainResult:
+                batches: Iterator[Batch],
+                nan_guard: guard.NonFiniteGuard) -> TrainResult:
   latest = checkpointer.latest_step()
   if latest is None:
     state = setup.initial_state()
@@ -390,18 +399,29 @@ def _train_loop(run_dir: str, phase: phases.PhaseConfig,
         state, step_metrics = step_fn(
             state, train_step_lib.device_batch(batch, setup.batch_sharding))
         interval.add(step_metrics)
+        nan_guard.add(step, step_metrics)
         stop = watcher.should_stop(step)
-        if (step % phase.log_every == 0 or step == phase.num_steps or
-            (stop and len(interval))):
+        log_due = (step % phase.log_every == 0 or step == phase.num_steps or
+                   (stop and len(interval)))
+        if log_due:
           summary = interval.summarize(step)
           writer.write(summary)
           bar.set_postfix(loss=f"{summary.loss:.4f}")
         bar.update()
+        if (log_due or nan_guard.due() or
+            step % phase.checkpoint_every == 0):
+          if nan_guard.check() == guard.RESTORE:
+            state = guard.roll_back(checkpointer, setup.abstract_state, step,
+                                    nan_guard)
         progress = checkpoints.Progress(step=step, batches_consumed=consumed,
                                         phase=phase.name,
                                         num_steps=phase.num_steps)
-        checkpointer.save(state, progress,
-                          force=stop or step == phase.num_steps)
+        final = stop or step == phase.num_steps
+        if not nan_guard.last_step_skipped or final:
+          # A skipped step's state equals the last good one, but a run of
+          # skips can mean broken weights, which must not replace the
+          # checkpoint a rollback would restore.
+          checkpointer.save(state, progress, force=final)
         if stop:
           logging.warning("Preempted: saved step %d of %d; run the same "
                           "command again to resume", step, phase.num_steps)
