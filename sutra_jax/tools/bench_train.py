@@ -1,11 +1,11 @@
 """Train-step throughput and MFU of the concept core at fixed presets.
 
 A preset fixes the model and batch shapes of a comparison. The two
-`maxtext_tiny_*` presets mirror the MaxText CPU anchor
-(`../shared/anchors/maxtext_cpu/NOTES.md`): d_model 256, 4 layers, 4 query
-and 2 key/value heads of 64, an MLP (or each expert) of width 512, a
-vocabulary of 8192, 8 sequences of 256 tokens per step, and AdamW with
-gradient clipping at 1.0. The core runs alone: no language blocks.
+`maxtext_tiny_*` presets use the shapes of the tiny MaxText runs that
+docs/benchmarks.md compares against: d_model 256, 4 layers, 4 query and 2
+key/value heads of 64, an MLP (or each expert) of width 512, a vocabulary of
+8192, 8 sequences of 256 tokens per step, and AdamW with gradient clipping
+at 1.0. The core runs alone, without language blocks.
 
 `train_benchmark` times the full train step (forward, backward, AdamW
 update), jitted as the trainer jits it, on synthetic tokens, and reports

@@ -31,8 +31,8 @@ def tiny_presets(monkeypatch):
 
 
 def test_maxtext_presets_match_the_anchor_flop_counts():
-  # ../shared/anchors/maxtext_cpu/NOTES.md: 28.31 and 37.80 MFLOP per token
-  # (6 * N_active + causal attention), as MaxText prints them.
+  # 28.31 and 37.80 MFLOP per token (6 * N_active + causal attention),
+  # which is also what MaxText reports for these shapes.
   dense = bench_train.model_config(bench_train.PRESETS["maxtext_tiny_dense"])
   moe = bench_train.model_config(bench_train.PRESETS["maxtext_tiny_moe"])
   assert flops.active_matmul_params(dense) == 4_456_448
