@@ -97,7 +97,7 @@ def format_train(report: dict) -> str:
   return "\n".join([
       f"preset      {report['preset']} ({dispatch}, {report['dtype']}, "
       f"remat {report['remat']})",
-      f"device      {report['device']}",
+      f"device      {report['device']}, mesh {report['mesh']}",
       f"step        {report['step_seconds_median']:.4f} s (median of "
       f"{report['steps']})",
       f"tokens/s    {report['tokens_per_second']:.0f}",
@@ -181,6 +181,18 @@ def _language_mix() -> tuple[dict, Callable[[dict], str]]:
           format_language_mix)
 
 
+def _parse_gin() -> None:
+  """Parses --gin_file and --gin_bindings, for the mesh and axis rules.
+
+  The presets fix the model, so gin sets how the step is laid out: for
+  example `make_mesh.expert = 2` with `--dispatch=expert_parallel`.
+  """
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax import gin_utils
+  # pylint: enable=g-import-not-at-top
+  gin_utils.parse_config(flags.FLAGS.gin_file or [], flags.FLAGS.gin_bindings)
+
+
 def _train() -> tuple[dict, Callable[[dict], str]]:
   _check_positive(_STEPS)
   # pylint: disable=g-import-not-at-top
@@ -188,6 +200,7 @@ def _train() -> tuple[dict, Callable[[dict], str]]:
   # pylint: enable=g-import-not-at-top
   bench_train.get_preset(_PRESET.value)
   overrides = _model_overrides()
+  _parse_gin()
   return (bench_train.train_benchmark(_PRESET.value, steps=_STEPS.value,
                                       **overrides), format_train)
 
@@ -198,6 +211,7 @@ def _moe() -> tuple[dict, Callable[[dict], str]]:
   from sutra_jax.tools import bench_train
   # pylint: enable=g-import-not-at-top
   overrides = _model_overrides()
+  _parse_gin()
   return bench_train.moe_overhead(steps=_STEPS.value, **overrides), format_moe
 
 

@@ -6,6 +6,7 @@ group fields come from the `LanguageTable`, so callers build the config with
 """
 
 import dataclasses
+import math
 import re
 
 import gin
@@ -138,12 +139,12 @@ def _validate(config: ModelConfig) -> None:
   """Raises ConfigError naming the first invalid field and its fix."""
   for name in _POSITIVE_FIELDS:
     value = getattr(config, name)
-    if not isinstance(value, int) or value <= 0:
+    if not _is_int(value) or value <= 0:
       raise ConfigError(f"invalid ModelConfig.{name} = {value!r}: expected a "
                         "positive integer. Fix the gin binding")
   for name in _LAYER_FIELDS:
     value = getattr(config, name)
-    if not isinstance(value, int) or value < 0:
+    if not _is_int(value) or value < 0:
       raise ConfigError(f"invalid ModelConfig.{name} = {value!r}: expected "
                         "an integer >= 0. Fix the gin binding")
   if config.num_heads % config.num_kv_heads:
@@ -176,6 +177,16 @@ def _validate(config: ModelConfig) -> None:
   _validate_groups(config)
 
 
+def _is_int(value) -> bool:
+  # bool is a subclass of int, but True is no layer count.
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value) and value > 0)
+
+
 # Allowed values of the string-valued fields.
 CHOICES = {
     "remat": ("none", "full", "save_dots", "save_all_dots"),
@@ -191,15 +202,15 @@ def _validate_choices(config: ModelConfig) -> None:
     if value not in allowed:
       raise ConfigError(f"invalid ModelConfig.{name} = {value!r}: expected "
                         f"one of {', '.join(allowed)}")
-  if not config.capacity_factor > 0:
+  if not _is_positive_number(config.capacity_factor):
     raise ConfigError(
         f"invalid ModelConfig.capacity_factor = {config.capacity_factor!r}: "
-        "expected a positive number such as 1.25")
+        "expected a finite positive number such as 1.25")
   factor = config.expert_buffer_factor
-  if factor is not None and not factor > 0:
+  if factor is not None and not _is_positive_number(factor):
     raise ConfigError(
         f"invalid ModelConfig.expert_buffer_factor = {factor!r}: expected a "
-        "positive number, or None for a buffer that cannot overflow")
+        "finite positive number, or None for a buffer that cannot overflow")
 
 
 def _validate_groups(config: ModelConfig) -> None:

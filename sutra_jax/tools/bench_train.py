@@ -141,8 +141,8 @@ def time_train_step(config: ModelConfig, preset: Preset, *, steps: int,
     warmup_steps: untimed steps first; the first one compiles.
 
   Returns:
-    `step_seconds` (each timed step), `step_seconds_median`,
-    `compile_seconds` and the final `loss`.
+    `step_seconds` (each timed step), the gin-bound `mesh` shape,
+    `step_seconds_median`, `compile_seconds` and the final `loss`.
   """
   mesh = partitioning.make_mesh()
   rules = partitioning.axis_rules()
@@ -172,6 +172,7 @@ def time_train_step(config: ModelConfig, preset: Preset, *, steps: int,
                preset.name, warmup_steps, compile_seconds,
                statistics.median(seconds))
   return {"step_seconds": seconds,
+          "mesh": dict(mesh.shape),
           "step_seconds_median": statistics.median(seconds),
           "compile_seconds": compile_seconds,
           "loss": float(metrics["loss"])}
@@ -216,6 +217,7 @@ def train_benchmark(preset_name: str, *, steps: int = 10,
       "moe_dispatch": config.moe_dispatch if config.core_mlp == "moe" else None,
       "dtype": config.dtype,
       "remat": config.remat,
+      "mesh": timing["mesh"],
       "steps": steps,
       "compile_seconds": timing["compile_seconds"],
       "final_loss": timing["loss"],

@@ -59,3 +59,19 @@ def check_vocab_matches(run_dir: str, step: int, vocab_size: int,
       f"checkpoint {checkpoints.checkpoint_dir(run_dir) / str(step)} has "
       f"{saved.shape[0]} embedding rows; use the tokenizer that run was "
       "trained with (see its config.gin), or a new --run_dir")
+
+
+def check_experts_divide(model_config, mesh: Mesh) -> None:
+  """Raises ConfigError unless the `expert` axis splits the experts evenly.
+
+  The expert-parallel dispatch gives each device of the `expert` axis
+  num_experts / size experts, so the size must divide num_experts.
+  """
+  size = mesh.shape.get("expert", 1)
+  if model_config.moe_dispatch != "expert_parallel" or size == 1:
+    return
+  if model_config.num_experts % size:
+    raise ConfigError(
+        f"ModelConfig.num_experts = {model_config.num_experts} cannot be "
+        f"split over the {size} devices of the 'expert' mesh axis; choose "
+        "make_mesh.expert among the divisors of num_experts")

@@ -129,6 +129,7 @@ def train(run_dir: str, phase: phases.PhaseConfig | None = None, *,
 
   model_config = model_config_for_phase(
       table, phase, vocab_from_mixture=dataset_fn is None)
+  preflight.check_experts_divide(model_config, mesh)
   if done is not None:
     preflight.check_vocab_matches(run_dir, done, model_config.vocab_size,
                                   f"PhaseConfig.mixture {phase.mixture!r}")

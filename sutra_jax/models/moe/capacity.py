@@ -1,7 +1,7 @@
 """Capacity-limited (GShard-style) dispatch with deterministic dropping.
 
-Each expert has C = max(1, ceil(capacity_factor * N * k / E)) slots for the
-N tokens of the batch, where N counts every position of the batch, padding
+Each expert has C = min(N, max(1, ceil(capacity_factor * N * k / E))) slots
+for the N tokens of the batch, where N counts every position of the batch, padding
 included (C must be static). The routed copies take the slots of their
 expert in this order: first every token's first choice, in token order
 (row-major over [B, L]), then every token's second choice, and so on. A copy
@@ -30,12 +30,15 @@ from sutra_jax.models.moe import experts as experts_lib
 
 def expert_capacity(num_tokens: int, k: int, num_experts: int,
                     capacity_factor: float) -> int:
-  """Returns C, the slots per expert, never below 1.
+  """Returns C, the slots per expert, between 1 and N.
 
-  Single-token decoding (N = 1) therefore always has room for its k copies
-  when they go to different experts, which top-k guarantees.
+  Single-token decoding (N = 1) therefore always has room for its k copies,
+  which go to k different experts. An expert never receives more than N
+  copies (top-k picks distinct experts), so C = N drops nothing and a larger
+  factor would only add empty slots.
   """
-  return max(1, math.ceil(capacity_factor * num_tokens * k / num_experts))
+  wanted = capacity_factor * num_tokens * k / num_experts
+  return max(1, min(num_tokens, math.ceil(min(wanted, num_tokens))))
 
 
 def priority_order(num_tokens: int, k: int) -> jax.Array:

@@ -1,6 +1,4 @@
-"""Failing tests for bugs found by probing the MoE dispatch, its config and
-`sutra-bench train`. Each one is a strict xfail until its bug is fixed.
-"""
+"""Edge cases of the MoE config, the capacity size and `sutra-bench train`."""
 
 import dataclasses
 
@@ -23,30 +21,21 @@ CONFIG = ModelConfig(
     num_encoder_layers=0, num_core_layers=1, num_decoder_layers=0)
 
 
-@pytest.mark.xfail(strict=True, reason="capacity_factor=inf passes "
-                   "validation, then math.ceil raises OverflowError")
 def test_infinite_capacity_factor_is_a_config_error():
   with pytest.raises(ConfigError, match="capacity_factor"):
     dataclasses.replace(CONFIG, capacity_factor=float("inf"))
 
 
-@pytest.mark.xfail(strict=True, reason="expert_buffer_factor=inf passes "
-                   "validation, then math.ceil raises OverflowError")
 def test_infinite_expert_buffer_factor_is_a_config_error():
   with pytest.raises(ConfigError, match="expert_buffer_factor"):
     dataclasses.replace(CONFIG, expert_buffer_factor=float("inf"))
 
 
-@pytest.mark.xfail(strict=True, reason="a string capacity_factor (a quoted "
-                   "gin value) raises TypeError from the > comparison")
 def test_string_capacity_factor_is_a_config_error():
   with pytest.raises(ConfigError, match="capacity_factor"):
     dataclasses.replace(CONFIG, capacity_factor="1.25")
 
 
-@pytest.mark.xfail(strict=True, reason="expert_capacity is not capped at N, "
-                   "so a large factor overflows (and a moderate one "
-                   "allocates factor * N * k / E slots per expert)")
 def test_huge_capacity_factor_computes_like_dropless():
   # An expert receives at most N copies (top-k picks distinct experts), so
   # any factor >= E / k keeps every copy and must match dropless.
@@ -65,10 +54,6 @@ def test_huge_capacity_factor_computes_like_dropless():
   assert float(aux["dropped_slots"]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="`sutra-bench train` never parses "
-                   "--gin_file/--gin_bindings, so a bad binding is ignored "
-                   "and no mesh binding can give --dispatch=expert_parallel "
-                   "an expert axis")
 def test_bench_train_parses_gin_bindings(monkeypatch):
   def must_not_run(*args, **kwargs):
     raise AssertionError("the benchmark ran with an unparsed gin binding")
@@ -78,3 +63,24 @@ def test_bench_train_parses_gin_bindings(monkeypatch):
                  "--gin_bindings=NoSuchConfigurable.value = 1"])
     with pytest.raises(ConfigError, match="NoSuchConfigurable"):
       bench_cli.main(["sutra-bench", "train"])
+
+
+@pytest.mark.parametrize("field", ["num_experts", "experts_per_token",
+                                   "num_core_layers"])
+def test_bool_is_no_integer_field(field):
+  with pytest.raises(ConfigError, match=field):
+    dataclasses.replace(CONFIG, **{field: True})
+
+
+def test_expert_axis_must_divide_experts():
+  from sutra_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from sutra_jax.training import preflight  # pylint: disable=g-import-not-at-top
+
+  config = dataclasses.replace(CONFIG, num_experts=6,
+                               moe_dispatch="expert_parallel")
+  mesh = partitioning.make_mesh(data=2, expert=4)
+
+  with pytest.raises(ConfigError, match="num_experts = 6"):
+    preflight.check_experts_divide(config, mesh)
+  preflight.check_experts_divide(
+      dataclasses.replace(config, moe_dispatch="dropless"), mesh)
