@@ -43,7 +43,7 @@ from sutra_jax.cli import common
 from sutra_jax.errors import ConfigError
 from sutra_jax.errors import DataError
 
-COMMANDS = ("mmlu", "xcopa", "perplexity", "alignment")
+COMMANDS = ("perplexity", "alignment", "mmlu", "xcopa")
 MULTIPLE_CHOICE = ("mmlu", "xcopa")
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
