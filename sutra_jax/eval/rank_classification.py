@@ -3,7 +3,7 @@
 Each language of a benchmark becomes one seqio Task. Its source yields one
 example per question (the prompt, the continuation of each choice and the
 label). Its preprocessors expand a question into one example per choice and
-tokenise it; a scorer then gives each (prompt, continuation) pair a
+tokenise it. A scorer then gives each (prompt, continuation) pair a
 log-likelihood, and the prediction is the choice with the highest score.
 
 Tokenisation: the prompt and the continuation are tokenised together and

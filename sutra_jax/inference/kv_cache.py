@@ -1,9 +1,9 @@
 """Key/value cache and the cached forward pass of `SutraModel`.
 
-Every attention layer of the model (the language encoder blocks, the concept
-core and the language decoder blocks) keeps the rotated keys and the values
-of the tokens it has seen in a fixed-size buffer [B, S, K, Dh], where S is the
-longest sequence the caller will decode. A forward pass over a chunk of new
+Every attention layer of the model keeps the rotated keys and the values of
+the tokens it has seen in a fixed-size buffer [B, S, K, Dh]. These layers
+are the language encoder blocks, the concept core and the language decoder
+blocks, and S is the longest sequence the caller will decode. A forward pass over a chunk of new
 tokens [B, T] (the whole prompt, then one token per step) writes their keys
 and values at their positions and attends over the buffer, so a step costs
 O(S) attention work instead of a full forward pass over the prefix.

@@ -10,9 +10,9 @@ index can replace the BM25 retriever here.
 * `.jsonl` files, one passage per line, the text in `text` (or `contents`)
   and an optional `title` that is used as the source name.
 
-Tokenisation works across scripts: text is NFKC-normalised and case-folded,
-words are runs of letters, marks and digits (so Devanagari vowel signs stay
-inside their word), and runs in scripts written without spaces (Chinese,
+Tokenisation works across scripts. Text is NFKC-normalised and case-folded.
+Words are runs of letters, marks and digits, so Devanagari vowel signs stay
+inside their word. Runs in scripts written without spaces (Chinese,
 Japanese, Thai, Lao, Khmer, Myanmar) become overlapping character bigrams.
 
 The index is cached in `cache_dir` under a key of the file names, sizes and

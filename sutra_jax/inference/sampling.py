@@ -2,10 +2,10 @@
 
 Every row of a batch has its own settings, so one decoding batch can mix
 greedy and sampled requests. A row with temperature 0 takes the argmax.
-Otherwise its logits are divided by the temperature, cut to the `top_k` most
-probable tokens (0 keeps all), then cut to the smallest set of most probable
-tokens whose probability reaches `top_p` (nucleus sampling; 1.0 keeps all),
-and a token is drawn from what is left.
+Otherwise its logits are divided by the temperature and cut to the `top_k`
+most probable tokens (0 keeps all). They are then cut to the smallest set of
+most probable tokens whose probability reaches `top_p` (nucleus sampling,
+where 1.0 keeps all), and a token is drawn from what is left.
 """
 
 import dataclasses
@@ -18,7 +18,7 @@ from sutra_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-  """How one request chooses its next token.
+  """Next-token settings of one request.
 
   Attributes:
     temperature: divides the logits; 0 means greedy (argmax).

@@ -5,12 +5,12 @@ caller passes prompts as strings and languages as codes. Every request ends
 at EOS or a chat role marker; a request's stop strings end it too and are
 cut from the returned text.
 
-A stop string becomes token sequences for the decoder: its own tokenisation
-and, when that starts with a bare word-boundary piece (SentencePiece adds
-one before text that does not start a word), the tokenisation without it,
-which is how the string usually appears inside running text. Both may miss
-a stop string that the model spells with other pieces; the text is
-therefore also cut at the first stop string after decoding.
+A stop string becomes one or two token sequences for the decoder. The first
+is its own tokenisation. When that starts with a bare word-boundary piece
+(SentencePiece adds one before text that does not start a word), the second
+drops it, which is how the string usually appears inside running text. Both
+miss a stop string that the model spells with other pieces, so the text is
+also cut at the first stop string after decoding.
 """
 
 import dataclasses

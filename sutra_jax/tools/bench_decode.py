@@ -1,10 +1,10 @@
 """Decoding throughput: the KV-cache decoder against full recomputation.
 
-`decode_speed` builds a model with random parameters, then times greedy
+`decode_speed` builds a model with random parameters. It then times greedy
 generation of `new_tokens` tokens for a batch of prompts twice: with the
-KV-cache decoder (`sutra_jax.inference.decoding`) and with the reference
-that runs the whole sequence through the model for every new token
-(`sutra_jax.inference.generate`). Neither run has stop tokens, so both
+KV-cache decoder (`sutra_jax.inference.decoding`), and with the reference
+(`sutra_jax.inference.generate`), which runs the whole sequence through the
+model for every new token. Neither run has stop tokens, so both
 generate exactly `new_tokens` tokens per prompt. Each is compiled and run
 once before it is timed.
 """

@@ -1,6 +1,6 @@
 """End-to-end tests of sutra-eval mmlu/xcopa/perplexity and sutra-decode.
 
-A module fixture trains a tiny concept-phase run for a few steps; the tests
+A module fixture trains a tiny concept-phase run for a few steps. The tests
 run the command-line tools on it in subprocesses, as a user would.
 """
 
@@ -111,7 +111,8 @@ def test_chat_reads_piped_turns(run_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   # Two answers, each followed by an empty line; no "> " prompts in a pipe.
   blocks = result.stdout.split("\n\n")
-  assert len(blocks) == 3 and blocks[-1] == "", result.stdout
+  assert len(blocks) == 3, result.stdout
+  assert blocks[-1] == "", result.stdout
   assert "> " not in result.stdout
 
 
