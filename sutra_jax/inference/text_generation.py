@@ -6,11 +6,12 @@ at EOS or a chat role marker; a request's stop strings end it too and are
 cut from the returned text.
 
 A stop string becomes one or two token sequences for the decoder. The first
-is its own tokenisation. When that starts with a bare word-boundary piece
-(SentencePiece adds one before text that does not start a word), the second
-drops it, which is how the string usually appears inside running text. Both
-miss a stop string that the model spells with other pieces, so the text is
-also cut at the first stop string after decoding.
+is its own tokenisation, which SentencePiece starts with a word boundary.
+The second is its tokenisation after a word (the pieces that follow the
+word's pieces in `encode(word + stop)`), which is how the string usually
+appears inside running text. Both miss a stop string that the model spells
+with other pieces, so the text is also cut at the first stop string after
+decoding.
 """
 
 import dataclasses
@@ -24,6 +25,11 @@ from sutra_jax.errors import ConfigError
 from sutra_jax.inference import decoding
 from sutra_jax.inference import generate
 from sutra_jax.inference import sampling as sampling_lib
+
+
+# A word that a stop string is tokenised after, to see its pieces in running
+# text.
+_CONTEXT_WORD = "a"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +63,15 @@ def stop_sequences(vocabulary: seqio.Vocabulary,
   Raises:
     ConfigError: an empty stop string.
   """
-  boundary = vocabulary.encode(" ")
+  word = tuple(vocabulary.encode(_CONTEXT_WORD))
   sequences = []
   for text in stop:
     if not text:
       raise ConfigError("invalid stop string '': pass a non-empty string")
-    ids = tuple(vocabulary.encode(text))
-    variants = [ids]
-    if boundary and ids[:len(boundary)] == tuple(boundary) and (
-        len(ids) > len(boundary)):
-      variants.append(ids[len(boundary):])
+    variants = [tuple(vocabulary.encode(text))]
+    in_context = tuple(vocabulary.encode(_CONTEXT_WORD + text))
+    if in_context[:len(word)] == word:
+      variants.append(in_context[len(word):])
     sequences.extend(v for v in variants if v and v not in sequences)
   return tuple(sequences)
 
