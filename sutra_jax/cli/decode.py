@@ -176,7 +176,13 @@ def chat_loop(session, lines, output, interactive: bool) -> int:
     if message == "/reset":
       session.reset()
       continue
-    output.write(session.reply(message) + "\n\n")
+    try:
+      answer = session.reply(message)
+    except ConfigError as e:
+      # A bad message (one with a role marker) ends that turn, not the chat.
+      print(f"error: {e}", file=sys.stderr)
+      continue
+    output.write(answer + "\n\n")
     output.flush()
     turns += 1
   return turns
