@@ -191,11 +191,15 @@ def format_report(report: dict) -> str:
     lines.append(f"{subject:<40} {_percent(result['accuracy']):>12}  "
                  f"{result['count']:>9}")
   parallel = report["parallel"]
+  if parallel["agreement"] is None:
+    agreement = "- (needs parallel questions in two or more languages)"
+  else:
+    agreement = (f"{_percent(parallel['agreement'])} % of "
+                 f"{parallel['questions']} parallel questions")
   lines += ["",
             f"macro average over languages  {_percent(report['macro_average'])}"
             " %",
             f"std across languages          {_percent(report['accuracy_std'])}"
             " %",
-            f"same answer in every language {_percent(parallel['agreement'])}"
-            f" % of {parallel['questions']} parallel questions"]
+            f"same answer in every language {agreement}"]
   return "\n".join(lines)

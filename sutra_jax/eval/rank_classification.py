@@ -224,16 +224,19 @@ def parallel_agreement(predictions: Sequence[dict]) -> dict:
   Returns:
     `{"agreement": share of parallel questions whose predicted choice is the
     same in every language, or None with fewer than two languages or no
-    parallel question; "questions": their number}`.
+    parallel question; "questions": the number of parallel questions, 0
+    with fewer than two languages}`.
   """
   by_id: dict[str, dict[str, int]] = collections.defaultdict(dict)
   languages = {p["language"] for p in predictions}
   for p in predictions:
     by_id[p["question_id"]][p["language"]] = p["predicted"]
+  if len(languages) < 2:
+    return {"agreement": None, "questions": 0}
   parallel = [answers for answers in by_id.values()
               if set(answers) == languages]
-  if len(languages) < 2 or not parallel:
-    return {"agreement": None, "questions": len(parallel)}
+  if not parallel:
+    return {"agreement": None, "questions": 0}
   same = sum(len(set(answers.values())) == 1 for answers in parallel)
   return {"agreement": same / len(parallel), "questions": len(parallel)}
 
