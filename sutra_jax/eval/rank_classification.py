@@ -10,7 +10,7 @@ Tokenisation: the prompt and the continuation are tokenised together and
 split where their tokens stop matching the tokens of the prompt alone. A
 continuation " A" after "Answer:" is therefore scored as the piece that
 follows the prompt in running text (for example `▁A`), not as the pieces of
-" A" tokenised on its own; when the last prompt piece merges with the
+" A" tokenised on its own. When the last prompt piece merges with the
 continuation, the merged piece is scored.
 
 Scores: `none` uses the summed log-likelihood of the continuation tokens,
