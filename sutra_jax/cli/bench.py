@@ -4,6 +4,7 @@ r"""sutra-bench: time the train step on synthetic batches.
   sutra-bench train --preset=maxtext_tiny_moe [--dispatch=dropless] [--json]
   sutra-bench moe [--json]
   sutra-bench input [--json]
+  sutra-bench decode [--json] [--new_tokens=256] [--batch_size=8]
 
 `language-mix` times one full train step (forward, backward, AdamW update)
 on two batches of the same shape. In the first every token is in one
@@ -20,6 +21,11 @@ process and reports the MoE's seconds per model FLOP over the dense one's.
 
 `input` compares the tokens per second of the input pipeline (demo corpus,
 packed) with those of the train step (`sutra_jax.tools.bench_input`).
+
+`decode` times greedy generation of --new_tokens tokens per prompt with the
+KV-cache decoder and with full recomputation per token
+(`sutra_jax.tools.bench_decode`) and reports tokens per second of each and
+their ratio.
 """
 
 import json
@@ -54,6 +60,10 @@ _DTYPE = flags.DEFINE_string("dtype", "float32", "train, moe: activation "
 _REMAT = flags.DEFINE_string("remat", "none", "train, moe: remat policy "
                              "(none, full, save_dots, save_all_dots).")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "decode: tokens "
+                                   "generated per prompt.")
+_PROMPT_LENGTH = flags.DEFINE_integer("prompt_length", 16, "decode: tokens "
+                                      "per prompt.")
 
 
 def _check_positive(*flag_holders) -> None:
@@ -171,6 +181,33 @@ def _input() -> tuple[dict, Callable[[dict], str]]:
           format_key_values)
 
 
+def decode_report(gin_files: Sequence[str],
+                  gin_bindings: Sequence[str]) -> dict:
+  """Parses the gin config and runs `bench_decode.decode_speed`."""
+  # pylint: disable=g-import-not-at-top
+  from sutra_jax import gin_utils
+  from sutra_jax import languages
+  from sutra_jax.models.config import make_model_config
+  from sutra_jax.tools import bench_decode
+  # pylint: enable=g-import-not-at-top
+
+  gin_utils.parse_config(gin_files, gin_bindings)
+  table = languages.language_table()
+  report = bench_decode.decode_speed(
+      make_model_config(table), table, batch_size=_BATCH_SIZE.value,
+      prompt_length=_PROMPT_LENGTH.value, new_tokens=_NEW_TOKENS.value,
+      repeats=_REPEATS.value)
+  return dict(report, config=" + ".join(gin_files),
+              gin_bindings=list(gin_bindings))
+
+
+def _decode() -> tuple[dict, Callable[[dict], str]]:
+  _check_positive(_BATCH_SIZE, _REPEATS, _NEW_TOKENS, _PROMPT_LENGTH)
+  gin_files = flags.FLAGS.gin_file or list(DEFAULT_GIN_FILES)
+  return (decode_report(gin_files, flags.FLAGS.gin_bindings),
+          format_key_values)
+
+
 def _language_mix() -> tuple[dict, Callable[[dict], str]]:
   _check_positive(_BATCH_SIZE, _SEQUENCE_LENGTH, _STEPS, _REPEATS)
   if _SEQUENCE_LENGTH.value % 8:
@@ -221,6 +258,7 @@ COMMANDS: dict[str, Callable[[], tuple[dict, Callable[[dict], str]]]] = {
     "train": _train,
     "moe": _moe,
     "input": _input,
+    "decode": _decode,
 }
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sutra_jax.inference import sampling as sampling_lib
+
 # seqio's autoregressive inputs start every segment with token id 0.
 BOS_ID = 0
 
@@ -32,15 +34,26 @@ BOS_ID = 0
 class Request:
   """One prompt to continue.
 
+  `greedy_generate` reads only the prompt and the two languages; the KV-cache
+  decoder (`sutra_jax.inference.decoding`) reads every field.
+
   Attributes:
     prompt_ids: token ids of the prompt, without BOS.
     prompt_language_id: language id of the prompt (routes encoder blocks).
     output_language_id: language id of the answer (routes decoder blocks).
+    sampling: how the next token is chosen; greedy by default.
+    max_new_tokens: this request's limit on new tokens; None uses the
+      limit passed to the decoder.
+    stop_sequences: token id sequences that end the request when the
+      generated tokens end with one of them.
   """
 
   prompt_ids: Sequence[int]
   prompt_language_id: int
   output_language_id: int
+  sampling: sampling_lib.SamplingParams = sampling_lib.GREEDY
+  max_new_tokens: int | None = None
+  stop_sequences: tuple[tuple[int, ...], ...] = ()
 
 
 def _initial_buffers(requests: Sequence[Request], length: int):

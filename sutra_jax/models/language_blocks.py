@@ -80,18 +80,28 @@ class LanguageBlock(nnx.Module):
     """
     batch, length, d_model = x.shape
     x = x.reshape(batch * length, d_model).astype(self.dtype)
-    heads = self._attention(x, routing, segment_ids, positions)
-    x = x + self._project_out(heads, routing)
-    x = x + self._mlp(x, routing)
-    return x.reshape(batch, length, d_model)
+    query, key, value = self.project_qkv(x, routing, batch, length)
+    heads = rotary_attention(query, key, value, segment_ids, positions,
+                             self.rope_theta)
+    return self.add_attention_and_mlp(x, heads, routing).reshape(
+        batch, length, d_model)
 
   def _norm(self, x, scale, routing):
     return rms_norm(x, routing.gather(scale[...]), self.norm_eps, self.dtype)
 
-  def _attention(self, x, routing, segment_ids, positions):
-    """Computes the attention heads [B, L, H, Dh] of the flat tokens [N, D]."""
-    batch, length = segment_ids.shape
-    normed = routing.to_slots(self._norm(x, self.attention_norm, routing))
+  def project_qkv(self, x: jax.Array, routing: grouped.GroupRouting,
+                  batch: int, length: int):
+    """Normalises and projects the flat tokens [N, D], N = B * L.
+
+    The KV-cache decoder (`sutra_jax.inference.kv_cache`) calls this and
+    `add_attention_and_mlp` around its own cached attention.
+
+    Returns:
+      The query [B, L, H, Dh] and the key and value [B, L, K, Dh], before
+      the rotary embedding.
+    """
+    normed = routing.to_slots(self._norm(x.astype(self.dtype),
+                                     self.attention_norm, routing))
 
     def project(weights):
       # [G, D, heads, Dh] -> [G, D, heads * Dh] for the 2-D grouped matmul.
@@ -99,9 +109,23 @@ class LanguageBlock(nnx.Module):
       flat = routing.matmul(normed, weights.reshape(g, d, num * dh))
       return routing.from_slots(flat).reshape(batch, length, num, dh)
 
-    return rotary_attention(project(self.query[...]), project(self.key[...]),
-                            project(self.value[...]), segment_ids, positions,
-                            self.rope_theta)
+    return (project(self.query[...]), project(self.key[...]),
+            project(self.value[...]))
+
+  def add_attention_and_mlp(self, x: jax.Array, heads: jax.Array,
+                            routing: grouped.GroupRouting) -> jax.Array:
+    """Adds the attention output and then the MLP to the flat residual.
+
+    Args:
+      x: [N, D] residual stream, in the activation dtype.
+      heads: [B, L, H, Dh] attention heads of the same N = B * L tokens.
+      routing: their routing.
+
+    Returns:
+      The block's output [N, D].
+    """
+    x = x + self._project_out(heads, routing)
+    return x + self._mlp(x, routing)
 
   def _project_out(self, heads, routing):
     """Maps heads [B, L, H, Dh] to the flat residual update [N, D]."""

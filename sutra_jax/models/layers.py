@@ -226,12 +226,27 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array, segment_ids: jax.Array,
                positions: jax.Array) -> jax.Array:
     """Maps [B, L, D] to [B, L, D]."""
+    query, key, value = self.project_qkv(x)
+    heads = rotary_attention(query, key, value, segment_ids, positions,
+                             self.rope_theta)
+    return self.project_out(heads)
+
+  def project_qkv(self, x: jax.Array):
+    """Projects [B, L, D] to heads, before the rotary embedding.
+
+    The KV-cache decoder (`sutra_jax.inference.kv_cache`) calls this and
+    `project_out` around its own cached attention.
+
+    Returns:
+      The query [B, L, H, Dh] and the key and value [B, L, K, Dh].
+    """
     x = x.astype(self.dtype)
     project = lambda w: jnp.einsum("bld,dhk->blhk", x, w[...].astype(
         self.dtype))
-    heads = rotary_attention(project(self.query), project(self.key),
-                             project(self.value), segment_ids, positions,
-                             self.rope_theta)
+    return project(self.query), project(self.key), project(self.value)
+
+  def project_out(self, heads: jax.Array) -> jax.Array:
+    """Maps attention heads [B, L, H, Dh] to the residual update [B, L, D]."""
     return jnp.einsum("blhk,hkd->bld", heads, self.out[...].astype(self.dtype))
 
 
