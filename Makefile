@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The tests also compile for TPU topologies, which needs libtpu (the [tpu]
+# extra); the demo does not.
+TEST_STAMP := $(VENV)/.installed-test
 RUN_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
@@ -21,15 +24,19 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,tpu]"
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m sutra_jax.demo --run_dir=$(RUN_DIR)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 clean-demo:
