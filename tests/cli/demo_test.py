@@ -28,6 +28,31 @@ def _demo_command(run_dir, log_every, *extra):
           *extra]
 
 
+# Runs the demo with every IPv4/IPv6 connection and name lookup refused, and
+# writes each attempt to stderr, so that the test can assert there were none.
+# Unix sockets (local IPC) stay allowed.
+_NO_NETWORK = """
+import runpy, socket, sys
+
+def _refuse(*args, **kwargs):
+  sys.stderr.write(f"NETWORK ATTEMPT {args!r}\\n")
+  raise OSError("network disabled by the test")
+
+_connect = socket.socket.connect
+def _connect_local_only(self, address):
+  if self.family in (socket.AF_INET, socket.AF_INET6):
+    return _refuse(self, address)
+  return _connect(self, address)
+
+socket.socket.connect = _connect_local_only
+socket.socket.connect_ex = _connect_local_only
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+sys.argv[0] = "sutra_jax.demo"
+runpy.run_module("sutra_jax.demo", run_name="__main__")
+"""
+
+
 def _environment():
   env = dict(os.environ)
   # One CPU device, as `make demo` runs.
@@ -80,16 +105,19 @@ def test_demo_resumes_interrupted_phase(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_report_schema(tmp_path):
+def test_demo_report_schema_offline(tmp_path):
   run_dir = str(tmp_path / "demo")
   # One logging interval per phase, and the demo's 8 x 64 batches, so the
   # per-language losses of the report cover every language the phase drew.
   command = _demo_command(run_dir, 12,
                           "--gin_bindings=PhaseConfig.batch_size = 8",
                           "--gin_bindings=PhaseConfig.sequence_length = 64")
+  # The same demo arguments, with the network disabled in the process.
+  command = [sys.executable, "-c", _NO_NETWORK, *command[3:]]
   result = subprocess.run(command, env=_environment(), capture_output=True,
                           text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "NETWORK ATTEMPT" not in result.stderr
 
   with open(os.path.join(run_dir, "report.json"), encoding="utf-8") as f:
     report = json.load(f)
