@@ -11,14 +11,18 @@ A `LanguageStack` computes the routing of its id stream once per forward
 pass and shares it with all of its blocks.
 """
 
+import math
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from sutra_jax.models import grouped
 from sutra_jax.models.config import ModelConfig
 from sutra_jax.models.layers import kernel_init, make_param, rms_norm
 from sutra_jax.models.layers import remat_layer, rotary_attention
+from sutra_jax.models import sharding
 from sutra_jax.models.sharding import ACTIVATION, constrain
 
 
@@ -173,9 +177,33 @@ class LanguageStack(nnx.Module):
 
   def __call__(self, x: jax.Array, language_ids: jax.Array,
                segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
-    """Maps [B, L, D] to [B, L, D], routing token t by `language_ids[t]`."""
+    """Maps [B, L, D] to [B, L, D], routing token t by `language_ids[t]`.
+
+    With a mesh in context whose axes split the batch, each device routes
+    its own rows inside `jax.shard_map`, with the blocks' weights gathered:
+    a routing over the global rows would make XLA gather every token onto
+    every device.
+    """
     if not self.layers:
       return x
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = sharding.token_axes(mesh)
+    if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
+      return self._forward(x, language_ids, segment_ids, positions)
+    graphdef, state = nnx.split(self)
+
+    def local(state, x, language_ids, segment_ids, positions):
+      return nnx.merge(graphdef, state)._forward(x, language_ids,
+                                                 segment_ids, positions)
+
+    rows = P(axes)
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(P(), rows, rows, rows, rows),
+                         out_specs=rows)(state, x, language_ids, segment_ids,
+                                         positions)
+
+  def _forward(self, x, language_ids, segment_ids, positions):
+    """Runs the blocks on [B, L, D] with one routing of all B * L rows."""
     routing = self.routing(language_ids)
     apply_block = remat_layer(_apply_block, self.remat)
     for layer in self.layers:

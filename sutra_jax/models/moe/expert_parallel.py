@@ -40,11 +40,11 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from sutra_jax.models import grouped
+from sutra_jax.models import sharding
 from sutra_jax.models.moe import dropless
 from sutra_jax.models.moe import experts as experts_lib
 
 EXPERT_AXIS = "expert"
-TENSOR_AXIS = "tensor"
 EXCHANGES = ("all_to_all", "ragged_all_to_all")
 
 
@@ -77,7 +77,8 @@ def dispatch(tokens: jax.Array, experts: jax.Array, routing_weights: jax.Array,
     raise ValueError(f"unknown expert exchange {exchange!r}: use one of "
                      f"{EXCHANGES}")
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.shape.get(EXPERT_AXIS, 1) == 1:
+  if (mesh.empty or sharding.is_manual(mesh) or
+      mesh.shape.get(EXPERT_AXIS, 1) == 1):
     return dropless.dispatch(tokens, experts, routing_weights, weights,
                              num_experts=num_experts,
                              implementation=implementation)
@@ -87,14 +88,13 @@ def dispatch(tokens: jax.Array, experts: jax.Array, routing_weights: jax.Array,
         f"{num_experts} experts cannot be split over the {num_shards} devices "
         f"of the '{EXPERT_AXIS}' mesh axis: make the axis size divide "
         "num_experts")
-  token_axes = tuple(a for a in mesh.axis_names
-                     if a != TENSOR_AXIS and mesh.shape[a] > 1)
-  tensor = TENSOR_AXIS if _splits(mesh, TENSOR_AXIS,
-                                  weights.gate.shape[-1]) else None
+  token_axes = sharding.token_axes(mesh)
+  tensor = sharding.tensor_axis_for(mesh, weights.gate.shape[-1])
   num_tokens = tokens.shape[0]
-  tokens, experts, routing_weights = _pad_rows(
-      math.prod(mesh.shape[a] for a in token_axes), num_experts,
-      tokens, experts, routing_weights)
+  # Padding rows route to expert E, which is no expert.
+  tokens, experts, routing_weights = sharding.pad_rows(
+      math.prod(mesh.shape[a] for a in token_axes),
+      [(tokens, 0), (experts, num_experts), (routing_weights, 0)])
 
   body = functools.partial(
       _local_dispatch, num_experts=num_experts, num_shards=num_shards,
@@ -110,24 +110,6 @@ def dispatch(tokens: jax.Array, experts: jax.Array, routing_weights: jax.Array,
                                           P(EXPERT_AXIS, tensor, None))),
       out_specs=(rows, P()))(tokens, experts, routing_weights, weights)
   return experts_lib.DispatchResult(out[:num_tokens], dropped)
-
-
-def _splits(mesh, axis: str, size: int) -> bool:
-  """Whether mesh axis `axis` exists, is larger than 1 and divides `size`."""
-  shards = mesh.shape.get(axis, 1)
-  return shards > 1 and size % shards == 0
-
-
-def _pad_rows(multiple: int, num_experts: int, tokens, experts,
-              routing_weights):
-  """Pads N up to a multiple of the token shards with rows that route nowhere."""
-  extra = -tokens.shape[0] % multiple
-  if not extra:
-    return tokens, experts, routing_weights
-  pad = lambda x, value: jnp.concatenate(
-      [x, jnp.full((extra,) + x.shape[1:], value, x.dtype)])
-  return (pad(tokens, 0), pad(experts, num_experts),
-          pad(routing_weights, 0))
 
 
 def _local_dispatch(tokens, experts, routing_weights, weights, *, num_experts,
