@@ -7,10 +7,11 @@ and combined. The cost is that of N * k rows (plus tile padding) whatever
 the balance of the experts, and no token is ever dropped.
 
 With a mesh in context (`jax.set_mesh`) whose axes split the tokens, the
-layout is built per device inside `jax.shard_map`: each device routes its
-own tokens through all E experts, whose weights it gathers (and splits over
-`tensor` where that axis divides the hidden width). A layout over the global
-rows would make XLA gather every token onto every device.
+layout is built per device inside `jax.shard_map`. Each device routes its
+own tokens through all E experts, whose weights it gathers. Where the
+`tensor` axis divides the hidden width, the weights stay split over it. A
+layout over the global rows would make XLA gather every token onto every
+device.
 """
 
 import functools
@@ -83,7 +84,7 @@ def _local_dispatch(tokens, experts, routing_weights, weights, *, num_experts,
   y = experts_lib.swiglu(routing, routing.to_slots(tokens, rows_per_item=k),
                          weights)
   if tensor_axis:
-    # Each tensor shard holds part of the hidden width; the down
+    # Each tensor shard computes part of the hidden width, so the down
     # projection's partial sums add up to the full output.
     y = jax.lax.psum(y, tensor_axis)
   return experts_lib.combine(routing, y, routing_weights)
