@@ -47,7 +47,7 @@ TENSOR_AXIS = "tensor"
 
 
 def is_manual(mesh) -> bool:
-  """Whether `mesh` is the context inside `jax.shard_map` (manual axes)."""
+  """Returns whether `mesh` is the context inside `jax.shard_map`."""
   return any(t == jax.sharding.AxisType.Manual for t in mesh.axis_types)
 
 

@@ -115,7 +115,7 @@ def dispatch(tokens: jax.Array, experts: jax.Array, routing_weights: jax.Array,
 def _local_dispatch(tokens, experts, routing_weights, weights, *, num_experts,
                     num_shards, exchange, buffer_factor, implementation,
                     token_axes, tensor_axis):
-  """The per-device body of `dispatch`: n local tokens, E / P local experts."""
+  """Dispatches n local tokens to the E / P local experts of each device."""
   num_tokens, k = experts.shape
   local_experts = num_experts // num_shards
   flat = experts.reshape(-1)
@@ -132,7 +132,7 @@ def _local_dispatch(tokens, experts, routing_weights, weights, *, num_experts,
                            weights)
     y = routing.from_slots(y)
     if tensor_axis:
-      # Each tensor shard holds part of the hidden width; the down
+      # Each tensor shard computes part of the hidden width, so the down
       # projection's partial sums add up to the full output.
       y = jax.lax.psum(y, tensor_axis)
     return y

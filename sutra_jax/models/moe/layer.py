@@ -11,9 +11,9 @@ them:
   `expert` mesh axis and the copies travel to them with an all-to-all.
 
 All three compute the same function when nothing is dropped. Padding tokens
-are routed (so the router sees a fixed shape) but dispatched nowhere: they
-take no expert slot, add nothing to the losses or the load, and their output
-is zero.
+go through the router, which keeps its input shape fixed, but are
+dispatched nowhere. They take no expert slot, add nothing to the losses or
+the load, and their output is zero.
 """
 
 from flax import nnx
