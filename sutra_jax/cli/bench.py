@@ -129,44 +129,44 @@ def format_moe(report: dict) -> str:
   ])
 
 
-def language_mix_report(gin_files: Sequence[str],
-                        gin_bindings: Sequence[str]) -> dict:
-  """Parses the gin config and runs `sutra_jax.tools.bench.language_mix`."""
+def _report_with_table(gin_files: Sequence[str], gin_bindings: Sequence[str],
+                       benchmark, **kwargs) -> dict:
+  """Parses the gin config and runs `benchmark(model_config, table, **kwargs)`.
+
+  The model and the language table come from gin, and the report records
+  the gin files and bindings it ran with.
+  """
   # pylint: disable=g-import-not-at-top
   from sutra_jax import gin_utils
   from sutra_jax import languages
   from sutra_jax.models.config import make_model_config
-  from sutra_jax.tools import bench
   # pylint: enable=g-import-not-at-top
 
   gin_utils.parse_config(gin_files, gin_bindings)
   table = languages.language_table()
-  report = bench.language_mix(
-      make_model_config(table), table, batch_size=_BATCH_SIZE.value,
-      sequence_length=_SEQUENCE_LENGTH.value, steps=_STEPS.value,
-      repeats=_REPEATS.value)
+  report = benchmark(make_model_config(table), table, **kwargs)
   return dict(report, config=" + ".join(gin_files),
               gin_bindings=list(gin_bindings))
+
+
+def language_mix_report(gin_files: Sequence[str],
+                        gin_bindings: Sequence[str]) -> dict:
+  """Parses the gin config and runs `sutra_jax.tools.bench.language_mix`."""
+  from sutra_jax.tools import bench  # pylint: disable=g-import-not-at-top
+  return _report_with_table(
+      gin_files, gin_bindings, bench.language_mix,
+      batch_size=_BATCH_SIZE.value, sequence_length=_SEQUENCE_LENGTH.value,
+      steps=_STEPS.value, repeats=_REPEATS.value)
 
 
 def input_report(gin_files: Sequence[str],
                  gin_bindings: Sequence[str]) -> dict:
   """Parses the gin config and runs `bench_input.input_throughput`."""
-  # pylint: disable=g-import-not-at-top
-  from sutra_jax import gin_utils
-  from sutra_jax import languages
-  from sutra_jax.models.config import make_model_config
-  from sutra_jax.tools import bench_input
-  # pylint: enable=g-import-not-at-top
-
-  gin_utils.parse_config(gin_files, gin_bindings)
-  table = languages.language_table()
-  report = bench_input.input_throughput(
-      make_model_config(table), table, batch_size=_BATCH_SIZE.value,
-      sequence_length=_SEQUENCE_LENGTH.value, steps=_STEPS.value,
-      repeats=_REPEATS.value)
-  return dict(report, config=" + ".join(gin_files),
-              gin_bindings=list(gin_bindings))
+  from sutra_jax.tools import bench_input  # pylint: disable=g-import-not-at-top
+  return _report_with_table(
+      gin_files, gin_bindings, bench_input.input_throughput,
+      batch_size=_BATCH_SIZE.value, sequence_length=_SEQUENCE_LENGTH.value,
+      steps=_STEPS.value, repeats=_REPEATS.value)
 
 
 def format_key_values(report: dict) -> str:
@@ -184,21 +184,11 @@ def _input() -> tuple[dict, Callable[[dict], str]]:
 def decode_report(gin_files: Sequence[str],
                   gin_bindings: Sequence[str]) -> dict:
   """Parses the gin config and runs `bench_decode.decode_speed`."""
-  # pylint: disable=g-import-not-at-top
-  from sutra_jax import gin_utils
-  from sutra_jax import languages
-  from sutra_jax.models.config import make_model_config
-  from sutra_jax.tools import bench_decode
-  # pylint: enable=g-import-not-at-top
-
-  gin_utils.parse_config(gin_files, gin_bindings)
-  table = languages.language_table()
-  report = bench_decode.decode_speed(
-      make_model_config(table), table, batch_size=_BATCH_SIZE.value,
-      prompt_length=_PROMPT_LENGTH.value, new_tokens=_NEW_TOKENS.value,
-      repeats=_REPEATS.value)
-  return dict(report, config=" + ".join(gin_files),
-              gin_bindings=list(gin_bindings))
+  from sutra_jax.tools import bench_decode  # pylint: disable=g-import-not-at-top
+  return _report_with_table(
+      gin_files, gin_bindings, bench_decode.decode_speed,
+      batch_size=_BATCH_SIZE.value, prompt_length=_PROMPT_LENGTH.value,
+      new_tokens=_NEW_TOKENS.value, repeats=_REPEATS.value)
 
 
 def _decode() -> tuple[dict, Callable[[dict], str]]:

@@ -191,7 +191,7 @@ def train_benchmark(preset_name: str, *, steps: int = 10,
     **overrides: `ModelConfig` fields, such as `moe_dispatch` or `dtype`.
 
   Returns:
-    The fields of the issue's interface (`preset`, `tokens_per_step`,
+    The report fields (`preset`, `tokens_per_step`,
     `step_seconds_median`, `tokens_per_second`, `model_flops_per_token`,
     `mfu`, `peak_flops_per_second`) and the run's context.
   """

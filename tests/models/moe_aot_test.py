@@ -50,7 +50,7 @@ def _abstract(tree, shardings):
       tree, shardings)
 
 
-def test_ragged_all_to_all_train_step_compiles_for_tpu(tpu_devices):
+def test_ragged_exchange_compiles_for_tpu(tpu_devices):
   mesh = partitioning.make_mesh(data=1, expert=4, devices=tpu_devices)
   abstract_model = nnx.eval_shape(lambda: SutraModel(CONFIG,
                                                      rngs=nnx.Rngs(0)))
@@ -88,6 +88,6 @@ def test_ragged_all_to_all_train_step_compiles_for_tpu(tpu_devices):
   assert compiled.cost_analysis()["flops"] > 0
 
 
-def test_ragged_exchange_is_refused_by_name_on_unknown_choice():
+def test_unknown_exchange_is_rejected():
   with pytest.raises(Exception, match="expert_exchange"):
     dataclasses.replace(CONFIG, expert_exchange="ragged")

@@ -133,7 +133,7 @@ def test_capacity_drops_exactly_the_reference_copies(params, factor):
   assert float(aux["dropped_slots"]) == (~kept).sum()
 
 
-def test_capacity_is_at_least_one_for_single_token_decoding(params):
+def test_capacity_fits_single_token(params):
   x, mask = _inputs(2, batch=1, length=1, padding=False)
 
   out, aux = _run(_module(params, moe_dispatch="capacity",

@@ -64,7 +64,7 @@ def test_train_benchmark_reports_the_interface(tiny_presets):
   assert report["peak_rss_bytes"] > 0
 
 
-def test_moe_overhead_is_the_ratio_of_seconds_per_flop(tiny_presets):
+def test_moe_overhead_is_per_flop_ratio(tiny_presets):
   report = bench_train.moe_overhead(steps=2)
 
   per_flop = {
@@ -95,5 +95,6 @@ def test_cli_rejects_bad_flags_in_one_line(args, message):
 
   assert result.returncode == 2
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and message in errors[0], result.stderr
+  assert len(errors) == 1, result.stderr
+  assert message in errors[0], result.stderr
   assert "Traceback" not in result.stderr

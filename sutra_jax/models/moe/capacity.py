@@ -37,8 +37,8 @@ def expert_capacity(num_tokens: int, k: int, num_experts: int,
   copies (top-k picks distinct experts), so C = N drops nothing and a larger
   factor would only add empty slots.
   """
-  wanted = capacity_factor * num_tokens * k / num_experts
-  return max(1, min(num_tokens, math.ceil(min(wanted, num_tokens))))
+  share = capacity_factor * num_tokens * k / num_experts
+  return max(1, min(num_tokens, math.ceil(min(share, num_tokens))))
 
 
 def priority_order(num_tokens: int, k: int) -> jax.Array:
