@@ -22,6 +22,16 @@ def define_gin_flags() -> None:
       "repeat for several.")
 
 
+def _raised_in_orbax(exc_info) -> bool:
+  """Returns whether an exception's traceback passes through orbax's code."""
+  frame = exc_info[2] if exc_info else None
+  while frame is not None:
+    if f"{os.sep}orbax{os.sep}" in frame.tb_frame.f_code.co_filename:
+      return True
+    frame = frame.tb_next
+  return False
+
+
 class _DropLibraryInfo(logging_std.Filter):
   """Drops INFO records of libraries that log every file they touch."""
 
@@ -35,6 +45,10 @@ class _DropLibraryInfo(logging_std.Filter):
         return False
       # orbax logs each failed writer thread of a failed save with its
       # traceback; the trainer reports the failure as one error line.
+      record.exc_info, record.exc_text = None, None
+    if record.name == "asyncio" and _raised_in_orbax(record.exc_info):
+      # The same failed writes again: orbax tasks left unawaited after the
+      # save failed.
       record.exc_info, record.exc_text = None, None
     if record.levelno > logging_std.INFO:
       # gin logs a failed lookup of each search path as an error, even when
@@ -57,6 +71,40 @@ def quiet_native_logs() -> None:
     pass
 
 
+def _is_late_tensorstore_callback(unraisable) -> bool:
+  """Returns whether an unraisable error is a late read or write callback.
+
+  orbax awaits many tensorstore futures inside one `asyncio.run`. When one
+  of them fails, the loop closes while the others are still in flight. Each
+  of those then fails to schedule its callback on the closed loop. The first
+  failure is what the user needs, and it is reported as an error line.
+  """
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and
+          str(error) == "Event loop is closed"):
+    return False
+  frame = unraisable.exc_traceback
+  while frame is not None and frame.tb_next is not None:
+    frame = frame.tb_next
+  # call_soon_threadsafe raises this error from its _check_closed call.
+  return frame is not None and frame.tb_frame.f_code.co_name == "_check_closed"
+
+
+def _drop_late_tensorstore_callbacks() -> None:
+  """Installs a hook that logs late tensorstore callbacks once, untraced."""
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable) -> None:
+    if _is_late_tensorstore_callback(unraisable):
+      logging.log_first_n(
+          logging.WARNING, "A tensorstore operation finished after its "
+          "event loop closed; an earlier error says why.", 1)
+      return
+    default_hook(unraisable)
+
+  sys.unraisablehook = hook
+
+
 def run_main(main: Callable[[Sequence[str]], int | None]) -> None:
   """Runs an absl main; a UserError becomes one line on stderr and exit 2."""
 
@@ -73,4 +121,5 @@ def run_main(main: Callable[[Sequence[str]], int | None]) -> None:
       sys.exit(2)
 
   quiet_native_logs()
+  _drop_late_tensorstore_callbacks()
   app.run(guarded)

@@ -38,8 +38,6 @@ class Case:
     needs_run: the command needs a finished training run at {run}.
     file_size_limit: RLIMIT_FSIZE of the subprocess in bytes, to simulate a
       full disk (writes past it fail with EFBIG).
-    known_gap: why the row may print a traceback. Every other check of the
-      row still holds; a traceback makes the row xfail instead of fail.
   """
 
   name: str
@@ -48,7 +46,6 @@ class Case:
   prepare: Callable[[pathlib.Path], None] | None = None
   needs_run: bool = False
   file_size_limit: int | None = None
-  known_gap: str | None = None
 
 
 def _train(*bindings, run_dir="{tmp}/out", gin_files=()):
@@ -79,12 +76,6 @@ def _no_valid_step(tmp: pathlib.Path) -> None:
    "7.orbax-checkpoint-tmp-1700000000").mkdir(parents=True)
   (tmp / "empty_run" / "config.gin").write_text("")
 
-
-# NOTE: orbax 0.12.8 awaits tensorstore futures inside asyncio.run, and when
-# one read or write fails the loop closes while others are pending. Their
-# callbacks then print 'Event loop is closed' tracebacks, sometimes.
-_TENSORSTORE_GAP = ("tensorstore operations still in flight after the first "
-                    "failure may print 'Event loop is closed' tracebacks")
 
 _TOKENIZER = ("sutra_jax.cli.tokenizer", "train", "--input_dir={tmp}/text",
               "--vocab_size=500", "--output={tmp}/spm_out")
@@ -139,7 +130,7 @@ CASES = (
     Case("corrupted_checkpoint_file",
          _train("PhaseConfig.num_steps = 5", run_dir="{run}"),
          "is unreadable (DATA_LOSS", prepare=_truncate_params,
-         needs_run=True, known_gap=_TENSORSTORE_GAP),
+         needs_run=True),
     Case("mmlu_wrong_answer_letter",
          ("sutra_jax.cli.eval", "mmlu", "--data_dir={tmp}/mmlu_en",
           "--checkpoint_dir={tmp}/no_run"),
@@ -162,8 +153,7 @@ CASES = (
     Case("disk_full_while_saving",
          _train("PhaseConfig.num_steps = 3",
                 "PhaseConfig.checkpoint_every = 3"),
-         "cannot save the checkpoint of step 3", file_size_limit=16384,
-         known_gap=_TENSORSTORE_GAP),
+         "cannot save the checkpoint of step 3", file_size_limit=16384),
 )
 
 
@@ -232,13 +222,8 @@ def test_bad_input_fails_with_one_clear_line(case, tmp_path, request,
 
   stderr = result.stderr
   assert result.returncode == 2, stderr[-3000:]
-  if not case.known_gap:
-    assert "Traceback" not in stderr, stderr[-3000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
   errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-  if case.known_gap and not errors:
-    # A late traceback can be written into the middle of the error line.
-    errors = [line[line.index("error: "):] for line in stderr.splitlines()
-              if "error: " in line]
   assert len(errors) == 1, stderr[-3000:]
   assert case.expected.format(**values) in errors[0], errors[0]
   # No half-written output: no temporary file, no new checkpoint step, and
@@ -249,5 +234,3 @@ def test_bad_input_fails_with_one_clear_line(case, tmp_path, request,
   if case.needs_run:
     config = str(tmp_path / "run" / "config.gin")
     assert _files(tmp_path / "run")[config] == config_before[config]
-  if case.known_gap and "Traceback" in stderr:
-    pytest.xfail(case.known_gap)
