@@ -34,6 +34,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sutra_jax.models import tiled_vjp
+
 IMPLEMENTATIONS = ("auto", "ragged_dot", "tiled")
 # Largest tile of the tiled implementation, in rows.
 _MAX_TILE_ROWS = 128
@@ -114,11 +116,36 @@ class GroupRouting:
     num_tiles = self.tile_groups.shape[0]
     tiles = x_slots.reshape(num_tiles, self.tile_rows, x_slots.shape[-1])
     if self.tile_per_group:
-      tile_weights = weights
+      out = jnp.einsum("tri,tio->tro", tiles, weights,
+                       preferred_element_type=preferred_element_type)
     else:
-      tile_weights = jnp.take(weights, self.tile_groups, axis=0)
-    out = jnp.einsum("tri,tio->tro", tiles, tile_weights,
-                     preferred_element_type=preferred_element_type)
+      out = tiled_vjp.tile_matmul(tiles, weights, self.tile_groups,
+                                  preferred_element_type)
+    return out.reshape(self.num_slots, out.shape[-1])
+
+  def swiglu(self, x_slots: jax.Array, gate: jax.Array, up: jax.Array,
+             down: jax.Array) -> jax.Array:
+    """Applies each slot's group MLP: silu(x @ gate) * (x @ up) @ down.
+
+    Args:
+      x_slots: [S, in] rows in the slot layout.
+      gate: [G, in, hidden], cast to the dtype of `x_slots`, as are the
+        others.
+      up: [G, in, hidden].
+      down: [G, hidden, out].
+
+    Returns:
+      [S, out] in the slot layout; zero in empty slots.
+    """
+    gate, up, down = (w.astype(x_slots.dtype) for w in (gate, up, down))
+    if not self.tile_rows:
+      hidden = (jax.nn.silu(self.matmul(x_slots, gate)) *
+                self.matmul(x_slots, up))
+      return self.matmul(hidden, down)
+    num_tiles = self.tile_groups.shape[0]
+    tiles = x_slots.reshape(num_tiles, self.tile_rows, x_slots.shape[-1])
+    out = tiled_vjp.tile_swiglu(tiles, gate, up, down, self.tile_groups,
+                                self.tile_per_group)
     return out.reshape(self.num_slots, out.shape[-1])
 
   def apply(self, x: jax.Array, weights: jax.Array) -> jax.Array:

@@ -141,10 +141,8 @@ class LanguageBlock(nnx.Module):
     # The three projections stay in the slot layout, so the rows move into
     # it and back out once.
     normed = routing.to_slots(self._norm(x, self.mlp_norm, routing))
-    gate = routing.matmul(normed, self.gate[...])
-    up = routing.matmul(normed, self.up[...])
     return routing.from_slots(
-        routing.matmul(jax.nn.silu(gate) * up, self.down[...]))
+        routing.swiglu(normed, self.gate[...], self.up[...], self.down[...]))
 
 
 class LanguageStack(nnx.Module):

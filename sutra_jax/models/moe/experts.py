@@ -54,9 +54,7 @@ def swiglu(routing: grouped.GroupRouting, x_slots: jax.Array,
   Returns:
     [S, D] in the slot layout; zero in empty slots.
   """
-  gate = routing.matmul(x_slots, weights.gate)
-  up = routing.matmul(x_slots, weights.up)
-  return routing.matmul(jax.nn.silu(gate) * up, weights.down)
+  return routing.swiglu(x_slots, weights.gate, weights.up, weights.down)
 
 
 def combine(routing: grouped.GroupRouting, y_slots: jax.Array,
