@@ -23,10 +23,10 @@ DTYPES = ("float32", "bfloat16")
 _POSITIVE_FIELDS = ("vocab_size", "d_model", "num_heads", "num_kv_heads",
                     "head_dim", "mlp_dim", "expert_mlp_dim", "num_experts",
                     "experts_per_token", "num_language_groups")
-# Layer counts may be zero: a model without language blocks is a plain
-# Mixtral-style decoder.
+# Fields that may be zero. Layer counts: a model without language blocks is
+# a plain Mixtral-style decoder. attention_query_chunk: 0 turns blocks off.
 _LAYER_FIELDS = ("num_encoder_layers", "num_core_layers",
-                 "num_decoder_layers")
+                 "num_decoder_layers", "attention_query_chunk")
 
 
 @gin.configurable
@@ -79,6 +79,10 @@ class ModelConfig:
       N_local * k / num_expert_shards. None sizes the buffer so that it
       cannot overflow (N_local * k rows), which costs num_expert_shards
       times the expert compute of an even share.
+    attention_query_chunk: queries per block of memory-efficient attention
+      (`layers.chunked_attention`) in every layer; 0 attends with all
+      queries at once. Long sequences need it: full attention keeps [B, H,
+      L, L] float32 scores per layer.
     grouped_matmul: implementation of the grouped matmuls of the language
       blocks and experts: 'ragged_dot', 'tiled', or 'auto' (tiled on CPU,
       where jax 0.10.2 lowers ragged_dot to one dense matmul per group).
@@ -105,6 +109,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   remat: str = "none"
   grouped_matmul: str = "auto"
+  attention_query_chunk: int = 0
   core_mlp: str = "moe"
   moe_dispatch: str = "dropless"
   capacity_factor: float = 1.25

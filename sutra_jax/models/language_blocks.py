@@ -67,6 +67,7 @@ class LanguageBlock(nnx.Module):
                            ("language_groups", "mlp", "embed"), dtype)
     self.norm_eps = config.norm_eps
     self.rope_theta = config.rope_theta
+    self.query_chunk = config.attention_query_chunk
     self.dtype = config.activation_dtype
 
   def __call__(self, x: jax.Array, routing: grouped.GroupRouting,
@@ -86,7 +87,7 @@ class LanguageBlock(nnx.Module):
     x = x.reshape(batch * length, d_model).astype(self.dtype)
     query, key, value = self.project_qkv(x, routing, batch, length)
     heads = rotary_attention(query, key, value, segment_ids, positions,
-                             self.rope_theta)
+                             self.rope_theta, self.query_chunk)
     return self.add_attention_and_mlp(x, heads, routing).reshape(
         batch, length, d_model)
 

@@ -144,10 +144,26 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
   Returns:
     [B, L, L] bool, indexed [batch, query, key].
   """
-  length = segment_ids.shape[1]
-  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-  real_key = (segment_ids != 0)[:, None, :]
-  causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+  indices = jnp.arange(segment_ids.shape[1])
+  return _block_mask(segment_ids, indices, segment_ids)
+
+
+def _block_mask(query_segments: jax.Array, query_indices: jax.Array,
+                key_segments: jax.Array) -> jax.Array:
+  """Builds the mask of Q queries against all L keys of their rows.
+
+  Args:
+    query_segments: [B, Q] segment ids of the queries.
+    query_indices: [Q] positions of the queries in their rows.
+    key_segments: [B, L] segment ids of the keys, 0 for padding.
+
+  Returns:
+    [B, Q, L] bool.
+  """
+  key_indices = jnp.arange(key_segments.shape[1])
+  same_segment = query_segments[:, :, None] == key_segments[:, None, :]
+  real_key = (key_segments != 0)[:, None, :]
+  causal = query_indices[:, None] >= key_indices[None, :]
   return same_segment & real_key & causal[None]
 
 
@@ -180,8 +196,54 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   return out.reshape(batch, length, num_heads, head_dim)
 
 
+def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                      segment_ids: jax.Array, query_chunk: int) -> jax.Array:
+  """Computes `dot_product_attention` one block of queries at a time.
+
+  Full attention keeps [B, H, L, L] scores, and their gradient, for a whole
+  layer: at L = 4096 that is 64 MiB per row and head in float32. Here the
+  queries run in blocks of `query_chunk` rows in a loop, and each block is
+  recomputed in the backward pass, so only one block's [B, H, C, L] scores
+  are alive at a time. Every query still attends to all keys, so the result
+  is that of full attention. The last block is padded when C does not
+  divide L.
+
+  Args:
+    query: [B, L, H, Dh].
+    key: [B, L, K, Dh].
+    value: [B, L, K, Dh].
+    segment_ids: [B, L] int, 0 for padding.
+    query_chunk: C, queries per block.
+
+  Returns:
+    [B, L, H, Dh] in the dtype of `value`.
+  """
+  batch, length, num_heads, head_dim = query.shape
+  num_blocks = -(-length // query_chunk)
+  pad = num_blocks * query_chunk - length
+  # Padded queries get segment 0, which matches no real key.
+  query = jnp.pad(query, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  query_segments = jnp.pad(segment_ids, ((0, 0), (0, pad)))
+  blocks = (
+      query.reshape(batch, num_blocks, query_chunk, num_heads,
+                    head_dim).swapaxes(0, 1),
+      query_segments.reshape(batch, num_blocks, query_chunk).swapaxes(0, 1),
+      jnp.arange(num_blocks) * query_chunk)
+
+  def attend_block(block):
+    block_query, block_segments, start = block
+    mask = _block_mask(block_segments, start + jnp.arange(query_chunk),
+                       segment_ids)
+    return dot_product_attention(block_query, key, value, mask)
+
+  out = jax.lax.map(jax.checkpoint(attend_block, prevent_cse=False), blocks)
+  out = out.swapaxes(0, 1).reshape(batch, num_blocks * query_chunk, num_heads,
+                                   head_dim)
+  return out[:, :length]
+
+
 def rotary_attention(query, key, value, segment_ids, positions,
-                     theta: float) -> jax.Array:
+                     theta: float, query_chunk: int = 0) -> jax.Array:
   """Applies the rotary embedding and masked attention to projected heads.
 
   Args:
@@ -191,12 +253,16 @@ def rotary_attention(query, key, value, segment_ids, positions,
     segment_ids: [B, L] int, 0 for padding.
     positions: [B, L] int rotary positions.
     theta: the rotary base wavelength.
+    query_chunk: queries per block of `chunked_attention` when positive
+      and below L; otherwise all queries at once.
 
   Returns:
     [B, L, H, Dh].
   """
   query = apply_rotary(query, positions, theta)
   key = apply_rotary(key, positions, theta)
+  if 0 < query_chunk < query.shape[1]:
+    return chunked_attention(query, key, value, segment_ids, query_chunk)
   return dot_product_attention(query, key, value, attention_mask(segment_ids))
 
 
@@ -221,6 +287,7 @@ class Attention(nnx.Module):
     self.out = make_param(rngs, kernel_init(in_axis=(0, 1), out_axis=2),
                           (h, dh, d), ("heads", "head_dim", "embed"), dtype)
     self.rope_theta = config.rope_theta
+    self.query_chunk = config.attention_query_chunk
     self.dtype = config.activation_dtype
 
   def __call__(self, x: jax.Array, segment_ids: jax.Array,
@@ -228,7 +295,7 @@ class Attention(nnx.Module):
     """Maps [B, L, D] to [B, L, D]."""
     query, key, value = self.project_qkv(x)
     heads = rotary_attention(query, key, value, segment_ids, positions,
-                             self.rope_theta)
+                             self.rope_theta, self.query_chunk)
     return self.project_out(heads)
 
   def project_qkv(self, x: jax.Array):

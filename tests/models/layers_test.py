@@ -1,11 +1,15 @@
 """Tests for RMSNorm, the rotary embedding, attention, the MLP and embedding."""
 
 import dataclasses
+import functools
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from sutra_jax.errors import ConfigError
 from sutra_jax.models import layers
 from sutra_jax.models.config import ModelConfig
 
@@ -131,6 +135,52 @@ def test_attention_matches_per_head_loop():
   real = segment_ids != 0
   np.testing.assert_allclose(np.asarray(out)[real], expected[real], **TOL)
   assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("query_chunk", [1, 3, 4])
+def test_chunked_attention_matches_per_head_loop(query_chunk):
+  # 3 and 4 do not divide the 7 positions, so the last block is padded.
+  chunked = dataclasses.replace(CONFIG, attention_query_chunk=query_chunk)
+  module = layers.Attention(chunked, rngs=nnx.Rngs(5))
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, 7, 16)).astype(np.float32)
+  segment_ids = np.array([[1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 1]])
+  positions = np.array([[0, 1, 2, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5, 6]])
+
+  out = _attend(module, jnp.asarray(x), jnp.asarray(segment_ids),
+                jnp.asarray(positions))
+
+  expected = _attention_reference(module, x, segment_ids, positions)
+  real = segment_ids != 0
+  np.testing.assert_allclose(np.asarray(out)[real], expected[real], **TOL)
+
+
+def test_chunked_attention_gradients_equal_full_attention():
+  rng = np.random.default_rng(6)
+  query, key, value = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+                       for shape in ((2, 9, 4, 8), (2, 9, 2, 8), (2, 9, 2, 8)))
+  segment_ids = jnp.array([[1] * 5 + [2] * 3 + [0], [1] * 9])
+  positions = jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 0], list(range(9))])
+  weights = jnp.asarray(rng.standard_normal((2, 9, 4, 8)), jnp.float32)
+  weights = weights * (segment_ids != 0)[:, :, None, None]
+
+  def loss(query_chunk, q, k, v):
+    heads = layers.rotary_attention(q, k, v, segment_ids, positions, 1e4,
+                                    query_chunk)
+    return jnp.sum(heads * weights)
+
+  full = jax.grad(functools.partial(loss, 0), argnums=(0, 1, 2))(
+      query, key, value)
+  chunked = jax.jit(jax.grad(functools.partial(loss, 4), argnums=(0, 1, 2)))(
+      query, key, value)
+
+  for name, got, want in zip("qkv", chunked, full):
+    np.testing.assert_allclose(got, want, err_msg=name, **TOL)
+
+
+def test_negative_attention_query_chunk_is_rejected():
+  with pytest.raises(ConfigError, match="attention_query_chunk = -1"):
+    dataclasses.replace(CONFIG, attention_query_chunk=-1)
 
 
 def test_packed_segments_equal_separate_rows():
