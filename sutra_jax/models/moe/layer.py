@@ -93,8 +93,11 @@ class MoE(nnx.Module):
 
   def _dispatch(self, tokens, chosen, routing_weights):
     config = self.config
-    weights = experts_lib.ExpertWeights(self.gate[...], self.up[...],
-                                        self.down[...])
+    # Cast before any dispatch gathers the weights across devices, so the
+    # gather (and the reduction of their gradients) moves the compute dtype.
+    weights = experts_lib.ExpertWeights(
+        *(w[...].astype(config.activation_dtype)
+          for w in (self.gate, self.up, self.down)))
     common = dict(num_experts=self.num_experts)
     if config.moe_dispatch == "capacity":
       return capacity.dispatch(tokens, chosen, routing_weights, weights,
