@@ -79,6 +79,10 @@ class ModelConfig:
       N_local * k / num_expert_shards. None sizes the buffer so that it
       cannot overflow (N_local * k rows), which costs num_expert_shards
       times the expert compute of an even share.
+    scan_core_layers: run the concept core's layers as one `lax.scan` over
+      their stacked parameters (`ConceptCore._scan`), so that the compiler
+      keeps one layer's gathered weights at a time. For large sharded
+      models; the parameters keep their per-layer layout.
     attention_query_chunk: queries per block of memory-efficient attention
       (`layers.chunked_attention`) in every layer; 0 attends with all
       queries at once. Long sequences need it: full attention keeps [B, H,
@@ -110,6 +114,7 @@ class ModelConfig:
   remat: str = "none"
   grouped_matmul: str = "auto"
   attention_query_chunk: int = 0
+  scan_core_layers: bool = False
   core_mlp: str = "moe"
   moe_dispatch: str = "dropless"
   capacity_factor: float = 1.25

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from sutra_jax.models.config import ModelConfig
 from sutra_jax.models.language_blocks import LanguageStack
 from sutra_jax.models.layers import (MLP, Attention, Dense, Embed, RMSNorm,
-                                     remat_layer)
+                                     REMAT_POLICIES, remat_layer)
 from sutra_jax.models.moe import MoE
 from sutra_jax.models.sharding import ACTIVATION, LOGITS, constrain
 
@@ -121,9 +121,12 @@ class ConceptCore(nnx.Module):
                             for _ in range(config.num_core_layers)])
     self.num_experts = config.num_experts
     self.remat = config.remat
+    self.scan_layers = config.scan_core_layers
 
   def __call__(self, x, token_mask, segment_ids, positions):
     """Maps [B, L, D] to ([B, L, D], auxiliary losses and expert load)."""
+    if self.scan_layers and len(self.layers) > 1:
+      return self._scan(x, token_mask, segment_ids, positions)
     layer_aux = []
     call = remat_layer(_apply_core_layer, self.remat)
     for layer in self.layers:
@@ -133,28 +136,67 @@ class ConceptCore(nnx.Module):
         layer_aux.append(aux)
     return x, self._combine(layer_aux, token_mask)
 
+  def _scan(self, x, token_mask, segment_ids, positions):
+    """Runs the layers as one `jax.lax.scan` over their stacked parameters.
+
+    The compiled program then contains one layer in a loop, so one layer's
+    gathered weights and working set are alive at a time. In an unrolled
+    stack the scheduler may start many layers' weight gathers at once. The parameters keep their per-layer layout in the model and its
+    checkpoints; each step stacks them, which costs one copy of the core's
+    (sharded) parameters and of their gradients.
+    """
+    graphdef, _ = nnx.split(self.layers[0])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *(nnx.state(layer) for layer in self.layers))
+
+    def body(x, state):
+      layer = nnx.merge(graphdef, state)
+      x, aux = _apply_core_layer(layer, x, token_mask, segment_ids, positions)
+      return constrain(x, ACTIVATION), aux
+
+    if self.remat != "none":
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat])
+    x, aux = jax.lax.scan(body, x, stacked)
+    if not aux:
+      return x, self._no_moe_aux(token_mask)
+    return x, _summarize_aux(aux)
+
   def _combine(self, layer_aux, token_mask):
     if not layer_aux:
-      # No MoE layer (no core layers, or a dense core): zero losses and an
-      # empty load.
-      zero = jnp.zeros((), jnp.float32)
-      batch, length = token_mask.shape
-      return {"load_balancing_loss": zero, "router_z_loss": zero,
-              "layer_load_balancing_loss": jnp.zeros((0,), jnp.float32),
-              "layer_router_z_loss": jnp.zeros((0,), jnp.float32),
-              "dropped_slots": jnp.zeros((0,), jnp.float32),
-              "expert_load": jnp.zeros((0, self.num_experts), jnp.float32),
-              "expert_slot_counts": jnp.zeros(
-                  (0, batch, length, self.num_experts), jnp.float32)}
-    stack = lambda name: jnp.stack([aux[name] for aux in layer_aux])
-    # Averaged over layers, so a loss weight does not depend on depth.
-    return {"load_balancing_loss": jnp.mean(stack("load_balancing_loss")),
-            "router_z_loss": jnp.mean(stack("router_z_loss")),
-            "layer_load_balancing_loss": stack("load_balancing_loss"),
-            "layer_router_z_loss": stack("router_z_loss"),
-            "dropped_slots": stack("dropped_slots"),
-            "expert_load": stack("expert_load"),
-            "expert_slot_counts": stack("expert_slot_counts")}
+      return self._no_moe_aux(token_mask)
+    return _summarize_aux({name: jnp.stack([aux[name] for aux in layer_aux])
+                           for name in layer_aux[0]})
+
+  def _no_moe_aux(self, token_mask):
+    """Returns zero losses and an empty load (no core layer, or dense)."""
+    zero = jnp.zeros((), jnp.float32)
+    batch, length = token_mask.shape
+    return {"load_balancing_loss": zero, "router_z_loss": zero,
+            "layer_load_balancing_loss": jnp.zeros((0,), jnp.float32),
+            "layer_router_z_loss": jnp.zeros((0,), jnp.float32),
+            "dropped_slots": jnp.zeros((0,), jnp.float32),
+            "expert_load": jnp.zeros((0, self.num_experts), jnp.float32),
+            "expert_slot_counts": jnp.zeros(
+                (0, batch, length, self.num_experts), jnp.float32)}
+
+
+def _summarize_aux(stacked: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Builds the core's auxiliary outputs from the per-layer MoE outputs.
+
+  Args:
+    stacked: each MoE output, stacked over the layers on axis 0.
+
+  Returns:
+    The mean losses and the per-layer values.
+  """
+  # Averaged over layers, so a loss weight does not depend on depth.
+  return {"load_balancing_loss": jnp.mean(stacked["load_balancing_loss"]),
+          "router_z_loss": jnp.mean(stacked["router_z_loss"]),
+          "layer_load_balancing_loss": stacked["load_balancing_loss"],
+          "layer_router_z_loss": stacked["router_z_loss"],
+          "dropped_slots": stacked["dropped_slots"],
+          "expert_load": stacked["expert_load"],
+          "expert_slot_counts": stacked["expert_slot_counts"]}
 
 
 class SutraModel(nnx.Module):

@@ -219,3 +219,34 @@ def test_remat_model_matches(model, random_module):
   out = _forward(remat, tokens, languages, languages, *_unpacked(2, 6))
 
   np.testing.assert_allclose(out.logits, expected.logits, **TOL)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_core_matches_unrolled_core(model, random_module, remat):
+  config = dataclasses.replace(CONFIG, scan_core_layers=True, remat=remat)
+  scanned = random_module(lambda: SutraModel(config, rngs=nnx.Rngs(0)),
+                          seed=0)
+  tokens, languages = _inputs(12, 2, 6)
+  segment_ids = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+  positions = jnp.array([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+
+  def loss(model):
+    out = model(tokens, encoder_language_ids=languages,
+                decoder_language_ids=languages, segment_ids=segment_ids,
+                positions=positions)
+    return (jnp.mean(out.logits**2) + out.aux["load_balancing_loss"] +
+            out.aux["router_z_loss"]), out
+
+  grad_fn = nnx.jit(nnx.grad(loss, has_aux=True))
+  expected_grads, expected = grad_fn(model)
+  grads, out = grad_fn(scanned)
+
+  np.testing.assert_allclose(out.logits, expected.logits, **TOL)
+  for name in ("layer_load_balancing_loss", "layer_router_z_loss",
+               "expert_load", "expert_slot_counts"):
+    np.testing.assert_allclose(out.aux[name], expected.aux[name],
+                               err_msg=name, **TOL)
+  expected_flat = dict(nnx.to_flat_state(expected_grads))
+  for path, grad in nnx.to_flat_state(grads):
+    np.testing.assert_allclose(grad[...], expected_flat[path][...],
+                               err_msg=str(path), **TOL)
