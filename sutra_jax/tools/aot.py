@@ -199,6 +199,30 @@ def cost_summary(cost: Mapping[str, float] | list) -> dict[str, float]:
   }
 
 
+def _scanned_layers_cost(scanned: Mapping[str, float], num_layers: int,
+                         no_layer: Mapping[str, float],
+                         one_layer: Mapping[str, float]) -> dict[str, float]:
+  """Counts the scanned core layers of a step `num_layers` times.
+
+  XLA's cost analysis counts the body of a while loop once, whatever its
+  trip count, so the step with `scan_core_layers` reports the cost of one
+  core layer. One layer costs what an unrolled 1-layer step costs more than
+  a step without core layers; the other num_layers - 1 layers are added.
+
+  Args:
+    scanned: `cost_summary` of the step with the scanned layers.
+    num_layers: the loop's trip count.
+    no_layer: `cost_summary` of the same step with no core layer.
+    one_layer: `cost_summary` of the same step with one unrolled layer.
+
+  Returns:
+    The corrected `cost_summary`.
+  """
+  return {key: scanned[key] + (num_layers - 1) * (one_layer[key] -
+                                                  no_layer[key])
+          for key in scanned}
+
+
 def step_report(*, chip: ChipSpec, num_devices: int, devices_per_chip: int,
                 memory: Mapping[str, int], cost: Mapping[str, float],
                 tokens_per_step: int,
@@ -368,11 +392,21 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
       raise
     return {**header, **out_of_memory_report(
         str(e), chip=topology.chip, devices_per_chip=devices_per_chip)}
+  cost = cost_summary(compiled.cost_analysis())
+  if model_config.scan_core_layers and model_config.num_core_layers > 1:
+    cost = _scanned_layers_cost(
+        cost, model_config.num_core_layers,
+        *(cost_summary(trainer.compile_train_step(
+            phase, dataclasses.replace(model_config, num_core_layers=n,
+                                       scan_core_layers=False),
+            mesh, table)[1].cost_analysis()) for n in (0, 1)))
+    header["cost_source"] = ("XLA, core layer loop counted num_core_layers "
+                             "times from 0- and 1-layer compiles")
   report = step_report(
       chip=topology.chip, num_devices=len(devices),
       devices_per_chip=devices_per_chip,
       memory=memory_summary(compiled.memory_analysis()),
-      cost=cost_summary(compiled.cost_analysis()), tokens_per_step=tokens,
+      cost=cost, tokens_per_step=tokens,
       model_flops_per_step=tokens * flops.flops_per_token(
           model_config, phase.sequence_length))
   report = {**header, **report}

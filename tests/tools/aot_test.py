@@ -97,6 +97,22 @@ def test_step_report_math():
   assert report["roofline_seconds"] == pytest.approx(1.0)
 
 
+def test_scanned_layers_cost_counts_the_loop_body_per_layer():
+  # XLA counted 1 layer of 4 (the loop body once): 100 outside, 30 per layer.
+  scanned = {"flops_per_device": 130.0, "bytes_accessed_per_device": 13.0,
+             "optimal_seconds": 1.3}
+  no_layer = {"flops_per_device": 100.0, "bytes_accessed_per_device": 10.0,
+              "optimal_seconds": 1.0}
+  one_layer = {"flops_per_device": 130.0, "bytes_accessed_per_device": 13.0,
+               "optimal_seconds": 1.3}
+
+  cost = aot._scanned_layers_cost(scanned, 4, no_layer, one_layer)
+
+  assert cost["flops_per_device"] == pytest.approx(220.0)
+  assert cost["bytes_accessed_per_device"] == pytest.approx(22.0)
+  assert cost["optimal_seconds"] == pytest.approx(2.2)
+
+
 def test_step_report_roofline_fallback_on_v4():
   chip = aot.CHIPS["v4"]
   # v4's two TensorCores are two devices: each gets half the HBM and peak.
