@@ -13,10 +13,11 @@ def _silu(x):
 
 
 def _swiglu_reference(x, gate, up, down, group_ids):
-  """Value and gradients of sum(out * cotangent), one row at a time.
+  """Computes the SwiGLU and its gradients one row at a time, in float64.
 
-  Returns (out [R, out], dx [R, in], d_gate, d_up, d_down) in float64 for
-  the loss sum(out * c) with c = arange-based cotangent weights.
+  Returns:
+    (out [R, out], dx [R, in], d_gate, d_up, d_down), the gradients of the
+    loss sum(out * c) with c = `_cotangent(R, out)`.
   """
   x, gate, up, down = (a.astype(np.float64) for a in (x, gate, up, down))
   rows, out_dim = x.shape[0], down.shape[-1]

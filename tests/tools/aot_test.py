@@ -97,7 +97,7 @@ def test_step_report_math():
   assert report["roofline_seconds"] == pytest.approx(1.0)
 
 
-def test_scanned_layers_cost_counts_the_loop_body_per_layer():
+def test_scanned_layers_cost_per_layer():
   # XLA counted 1 layer of 4 (the loop body once): 100 outside, 30 per layer.
   scanned = {"flops_per_device": 130.0, "bytes_accessed_per_device": 13.0,
              "optimal_seconds": 1.3}
