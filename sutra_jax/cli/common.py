@@ -91,7 +91,7 @@ def _is_late_tensorstore_callback(unraisable) -> bool:
 
 
 def _drop_late_tensorstore_callbacks() -> None:
-  """Installs a hook that logs late tensorstore callbacks once, untraced."""
+  """Installs a hook that logs one warning for late tensorstore callbacks."""
   default_hook = sys.unraisablehook
 
   def hook(unraisable) -> None:

@@ -79,14 +79,14 @@ class ModelConfig:
       N_local * k / num_expert_shards. None sizes the buffer so that it
       cannot overflow (N_local * k rows), which costs num_expert_shards
       times the expert compute of an even share.
-    scan_core_layers: run the concept core's layers as one `lax.scan` over
-      their stacked parameters (`ConceptCore._scan`), so that the compiler
-      keeps one layer's gathered weights at a time. For large sharded
-      models; the parameters keep their per-layer layout.
+    scan_core_layers: whether the concept core's layers run as one
+      `lax.scan` over their stacked parameters (`ConceptCore._scan`), so
+      that the compiler keeps one layer's gathered weights at a time. Meant
+      for large sharded models. The parameters keep their per-layer layout.
     attention_query_chunk: queries per block of memory-efficient attention
-      (`layers.chunked_attention`) in every layer; 0 attends with all
-      queries at once. Long sequences need it: full attention keeps [B, H,
-      L, L] float32 scores per layer.
+      (`layers.chunked_attention`) in every layer, or 0 to attend with all
+      queries at once. Long sequences need it, because full attention keeps
+      [B, H, L, L] float32 scores per layer.
     grouped_matmul: implementation of the grouped matmuls of the language
       blocks and experts: 'ragged_dot', 'tiled', or 'auto' (tiled on CPU,
       where jax 0.10.2 lowers ragged_dot to one dense matmul per group).

@@ -141,9 +141,11 @@ class ConceptCore(nnx.Module):
 
     The compiled program then contains one layer in a loop, so one layer's
     gathered weights and working set are alive at a time. In an unrolled
-    stack the scheduler may start many layers' weight gathers at once. The parameters keep their per-layer layout in the model and its
-    checkpoints; each step stacks them, which costs one copy of the core's
-    (sharded) parameters and of their gradients.
+    stack the scheduler may start many layers' weight gathers at once.
+
+    The parameters keep their per-layer layout in the model and its
+    checkpoints. Each step stacks them, which costs one copy of the core's
+    sharded parameters and of their gradients.
     """
     graphdef, _ = nnx.split(self.layers[0])
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),

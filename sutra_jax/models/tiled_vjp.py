@@ -29,24 +29,30 @@ import jax
 import jax.numpy as jnp
 
 
-def _group_weights(weights: jax.Array, tile_groups: jax.Array,
-                   tile_per_group: bool) -> jax.Array:
-  """Returns [num_tiles, in, out] weights, one matrix per tile."""
-  if tile_per_group:
-    return weights
-  return jnp.take(weights, tile_groups, axis=0)
+def _project(tiles: jax.Array, weights: jax.Array, tile_groups: jax.Array,
+             tile_per_group: bool = False,
+             preferred_element_type=None) -> jax.Array:
+  """Multiplies every tile by its group's matrix in one batched matmul.
+
+  The per-tile weights [num_tiles, in, out] exist only for this matmul.
+  The backward rules below do not keep them.
+  """
+  if not tile_per_group:
+    weights = jnp.take(weights, tile_groups, axis=0)
+  return jnp.einsum("tri,tio->tro", tiles, weights,
+                    preferred_element_type=preferred_element_type)
+
+
+def _read_group(weights: jax.Array, group: jax.Array) -> jax.Array:
+  """Returns weights[group] [in, out] of weights [G, in, out]."""
+  return jax.lax.dynamic_index_in_dim(weights, group, keepdims=False)
 
 
 def _add_to_group(grads: jax.Array, group: jax.Array,
                   update: jax.Array) -> jax.Array:
   """Adds update [in, out] to grads[group] of grads [G, in, out]."""
-  current = jax.lax.dynamic_index_in_dim(grads, group, keepdims=False)
-  return jax.lax.dynamic_update_index_in_dim(grads, current + update, group,
-                                             axis=0)
-
-
-def _read_group(weights: jax.Array, group: jax.Array) -> jax.Array:
-  return jax.lax.dynamic_index_in_dim(weights, group, keepdims=False)
+  return jax.lax.dynamic_update_index_in_dim(
+      grads, _read_group(grads, group) + update, group, axis=0)
 
 
 def _varying_axes(x: jax.Array) -> frozenset:
@@ -108,9 +114,8 @@ def tile_matmul(tiles: jax.Array, weights: jax.Array, tile_groups: jax.Array,
   Returns:
     [num_tiles, T, out].
   """
-  return jnp.einsum("tri,tio->tro", tiles,
-                    _group_weights(weights, tile_groups, False),
-                    preferred_element_type=preferred_element_type)
+  return _project(tiles, weights, tile_groups,
+                  preferred_element_type=preferred_element_type)
 
 
 def _tile_matmul_forward(tiles, weights, tile_groups, preferred_element_type):
@@ -164,12 +169,10 @@ def tile_swiglu(tiles: jax.Array, gate: jax.Array, up: jax.Array,
 
 def _tile_swiglu_forward(tiles, gate, up, down, tile_groups, tile_per_group):
   def project(x, weights):
-    return jnp.einsum("tri,tio->tro", x,
-                      _group_weights(weights, tile_groups, tile_per_group))
+    return _project(x, weights, tile_groups, tile_per_group)
 
-  gate_out = project(tiles, gate)
-  up_out = project(tiles, up)
-  out = project(jax.nn.silu(gate_out) * up_out, down)
+  hidden = jax.nn.silu(project(tiles, gate)) * project(tiles, up)
+  out = project(hidden, down)
   return out, (tiles, gate, up, down, tile_groups)
 
 
@@ -180,8 +183,9 @@ def _tile_swiglu_backward(tile_per_group, residuals, out_grad):
   def tile_step(grads, tile):
     x, dy, group = tile
     gate_grad, up_grad, down_grad = grads
-    g = jnp.dot(x, _read_group(gate, group)).astype(jnp.float32)
-    u = jnp.dot(x, _read_group(up, group)).astype(jnp.float32)
+    w_gate, w_up = _read_group(gate, group), _read_group(up, group)
+    g = jnp.dot(x, w_gate).astype(jnp.float32)
+    u = jnp.dot(x, w_up).astype(jnp.float32)
     sigmoid = jax.nn.sigmoid(g)
     silu = g * sigmoid
     dy = dy.astype(jnp.float32)
@@ -192,8 +196,8 @@ def _tile_swiglu_backward(tile_per_group, residuals, out_grad):
     x32 = x.astype(jnp.float32)
     gate_grad = _add_to_group(gate_grad, group, _dot_f32(x32.T, d_gate))
     up_grad = _add_to_group(up_grad, group, _dot_f32(x32.T, d_up))
-    dx = (_dot_f32(d_gate, _read_group(gate, group).T.astype(jnp.float32)) +
-          _dot_f32(d_up, _read_group(up, group).T.astype(jnp.float32)))
+    dx = (_dot_f32(d_gate, w_gate.T.astype(jnp.float32)) +
+          _dot_f32(d_up, w_up.T.astype(jnp.float32)))
     return (gate_grad, up_grad, down_grad), dx.astype(tiles.dtype)
 
   zeros = tuple(_gradient_accumulator(w.shape, tiles, out_grad, gate, up, down)
