@@ -10,6 +10,10 @@ contiguous:
   [G, in, out] is applied with one `jax.lax.ragged_dot`, which XLA lowers to
   a native grouped matmul on TPU and GPU. On CPU, jax 0.10.2 lowers it to G
   dense matmuls over masked copies of all rows, so its cost grows with G.
+* `megablox`: the same layout as `ragged_dot`, multiplied with the megablox
+  Pallas kernels that JAX ships (`sutra_jax.models.megablox`). On TPU
+  ragged_dot's weight gradient costs G times its FLOPs; megablox's does not.
+  Off TPU the kernels run interpreted, slowly: for tests.
 * `tiled`: the rows of each group fill whole tiles of T slots, the last tile
   of a group padded with empty slots, and all tiles are multiplied by their
   group's matrix in one batched matmul. It costs (R + G * (T - 1)) rows of
@@ -34,9 +38,10 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sutra_jax.models import megablox
 from sutra_jax.models import tiled_vjp
 
-IMPLEMENTATIONS = ("auto", "ragged_dot", "tiled")
+IMPLEMENTATIONS = ("auto", "ragged_dot", "megablox", "tiled")
 # Largest tile of the tiled implementation, in rows.
 _MAX_TILE_ROWS = 128
 
@@ -58,6 +63,8 @@ class GroupRouting:
       sorted rows.
     tile_per_group: tile g holds group g (the capacity layout), so the
       weights need no per-tile gather.
+    megablox: with `tile_rows` 0, multiply with the megablox kernels
+      instead of `jax.lax.ragged_dot`.
   """
 
   group_ids: jax.Array
@@ -68,6 +75,7 @@ class GroupRouting:
   tile_rows: int = dataclasses.field(metadata={"static": True})
   tile_per_group: bool = dataclasses.field(default=False,
                                            metadata={"static": True})
+  megablox: bool = dataclasses.field(default=False, metadata={"static": True})
 
   @property
   def num_groups(self) -> int:
@@ -110,6 +118,9 @@ class GroupRouting:
       [S, out] in the slot layout.
     """
     weights = weights.astype(x_slots.dtype)
+    if not self.tile_rows and self.megablox:
+      return megablox.grouped_matmul(x_slots, weights, self.group_sizes,
+                                     preferred_element_type)
     if not self.tile_rows:
       return jax.lax.ragged_dot(x_slots, weights, self.group_sizes,
                                 preferred_element_type=preferred_element_type)
@@ -189,7 +200,8 @@ def _resolve(implementation: str) -> str:
     raise ValueError(f"unknown grouped matmul implementation "
                      f"{implementation!r}: use one of {IMPLEMENTATIONS}")
   if implementation == "auto":
-    return "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
+    return {"cpu": "tiled", "tpu": "megablox"}.get(jax.default_backend(),
+                                                   "ragged_dot")
   return implementation
 
 
@@ -235,7 +247,8 @@ def _slot_rows(row_slots: jax.Array, num_slots: int) -> jax.Array:
       rows, mode="drop")
 
 
-def _ragged_routing(group_ids: jax.Array, num_groups: int) -> GroupRouting:
+def _ragged_routing(group_ids: jax.Array, num_groups: int,
+                    use_megablox: bool = False) -> GroupRouting:
   order = jnp.argsort(group_ids, stable=True).astype(jnp.int32)
   rows = jnp.arange(group_ids.shape[0], dtype=jnp.int32)
   inverse = jnp.zeros_like(order).at[order].set(rows)
@@ -244,7 +257,8 @@ def _ragged_routing(group_ids: jax.Array, num_groups: int) -> GroupRouting:
   # ragged_dot writes zeros.
   return GroupRouting(group_ids=group_ids, row_slots=inverse,
                       slot_rows=order, group_sizes=group_sizes,
-                      tile_groups=jnp.zeros((0,), jnp.int32), tile_rows=0)
+                      tile_groups=jnp.zeros((0,), jnp.int32), tile_rows=0,
+                      megablox=use_megablox)
 
 
 def _tiled_routing(group_ids: jax.Array, num_groups: int) -> GroupRouting:
@@ -275,8 +289,9 @@ def make_routing(group_ids: jax.Array, num_groups: int,
   Args:
     group_ids: [R] integer group of each row.
     num_groups: G, the static number of groups. Groups may be empty.
-    implementation: `ragged_dot`, `tiled`, or `auto` (tiled on CPU,
-      ragged_dot elsewhere); see the module docstring.
+    implementation: `ragged_dot`, `megablox`, `tiled`, or `auto` (tiled
+      on CPU, megablox on TPU, ragged_dot elsewhere); see the module
+      docstring.
 
   Returns:
     The routing to pass to every grouped matmul over these rows.
@@ -285,8 +300,10 @@ def make_routing(group_ids: jax.Array, num_groups: int,
   # over the global rows, so XLA gathers them onto every device. The
   # expert-parallel MoE dispatch builds it per device inside shard_map.
   group_ids = _clean_ids(group_ids, num_groups)
-  if _resolve(implementation) == "ragged_dot":
-    return _ragged_routing(group_ids, num_groups)
+  implementation = _resolve(implementation)
+  if implementation in ("ragged_dot", "megablox"):
+    return _ragged_routing(group_ids, num_groups,
+                           implementation == "megablox")
   return _tiled_routing(group_ids, num_groups)
 
 

@@ -55,7 +55,7 @@ def _add_to_group(grads: jax.Array, group: jax.Array,
       grads, _read_group(grads, group) + update, group, axis=0)
 
 
-def _varying_axes(x: jax.Array) -> frozenset:
+def varying_axes(x: jax.Array) -> frozenset:
   """Returns the manual mesh axes over which `x` varies inside shard_map."""
   aval = jax.typeof(x)
   # jax 0.10 keeps them in `manual_axis_type.varying`, older releases in
@@ -73,13 +73,13 @@ def _gradient_accumulator(shape, *operands) -> jax.Array:
   as the values added to it, which come from all the operands.
   """
   zeros = jnp.zeros(shape, jnp.float32)
-  axes = frozenset().union(*(_varying_axes(x) for x in operands))
+  axes = frozenset().union(*(varying_axes(x) for x in operands))
   if axes:
     zeros = jax.lax.pcast(zeros, tuple(sorted(axes)), to="varying")
   return zeros
 
 
-def _match_varying(grads, primals):
+def match_varying(grads, primals):
   """Sums each gradient over the manual mesh axes its primal does not vary.
 
   Inside `jax.shard_map`, an operand that is the same on every device of an
@@ -89,7 +89,7 @@ def _match_varying(grads, primals):
   """
   out = []
   for grad, primal in zip(grads, primals):
-    extra = _varying_axes(grad) - _varying_axes(primal)
+    extra = varying_axes(grad) - varying_axes(primal)
     if extra:
       grad = jax.lax.psum(grad, tuple(sorted(extra)))
     out.append(grad)
@@ -136,7 +136,7 @@ def _tile_matmul_backward(preferred_element_type, residuals, out_grad):
   weights_grad, tiles_grad = jax.lax.scan(
       tile_step, _gradient_accumulator(weights.shape, tiles, out_grad, weights),
       (tiles, out_grad, tile_groups))
-  tiles_grad, weights_grad = _match_varying(
+  tiles_grad, weights_grad = match_varying(
       (tiles_grad, weights_grad.astype(weights.dtype)), (tiles, weights))
   return tiles_grad, weights_grad, None
 
@@ -204,7 +204,7 @@ def _tile_swiglu_backward(tile_per_group, residuals, out_grad):
                 for w in (gate, up, down))
   (gate_grad, up_grad, down_grad), tiles_grad = jax.lax.scan(
       tile_step, zeros, (tiles, out_grad, tile_groups))
-  grads = _match_varying(
+  grads = match_varying(
       (tiles_grad, gate_grad.astype(gate.dtype), up_grad.astype(up.dtype),
        down_grad.astype(down.dtype)), (tiles, gate, up, down))
   return (*grads, None)

@@ -1,5 +1,7 @@
 """Fixtures for the model tests."""
 
+import os
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -38,3 +40,23 @@ def _random_module(build, seed: int):
 def random_module():
   """Returns `f(build, seed)`: the module `build()` with random parameters."""
   return _random_module
+
+
+@pytest.fixture(scope="session")
+def tpu_devices():
+  """The 4 abstract devices of a v5e:2x2 slice, to compile for TPU on CPU.
+
+  Skips where `libtpu` (the [tpu] extra) is not installed.
+  """
+  try:
+    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pytest.skip("libtpu is not installed: install the [tpu] extra "
+                "(pip install -e '.[tpu]') to compile for TPU topologies")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  # Several test processes may load libtpu at once; none of them runs on a
+  # TPU, so the single-process lock is not needed.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  topology = topologies.get_topology_desc(platform="tpu",
+                                          topology_name="v5e:2x2")
+  return topology.devices

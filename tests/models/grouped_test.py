@@ -24,7 +24,7 @@ def _random_problem(seed, rows, groups, d_in=8, d_out=5):
   return x, weights
 
 
-IMPLEMENTATIONS = ("ragged_dot", "tiled")
+IMPLEMENTATIONS = ("ragged_dot", "megablox", "tiled")
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -41,7 +41,7 @@ def test_apply_matches_per_row_loop_with_empty_groups(implementation):
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["ragged_dot", "tiled"])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_slot_layout_is_grouped_stable_and_invertible(implementation):
   group_ids = np.array([2, 0, 2, 1, 0, 2])
   routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=4,
@@ -122,20 +122,31 @@ def test_gather_picks_each_rows_group_entry():
                                 np.asarray(table)[[2, 0, 1, 2]])
 
 
-def test_gradient_matches_per_row_loop():
-  x, weights = _random_problem(2, rows=7, groups=4, d_in=3, d_out=2)
-  group_ids = np.array([1, 1, 3, 0, 3, 1, 0])
-  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=4)
-  upstream = np.random.default_rng(3).standard_normal((7, 2)).astype(
-      np.float32)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("rows,groups", [(7, 4), (1100, 5)])
+def test_gradients_match_row_loop(implementation, rows, groups):
+  # 1100 rows span several 512-row megablox tiles, with groups that start
+  # and end inside a tile; id -1 and `groups` are out of range.
+  rng = np.random.default_rng(2)
+  x, weights = _random_problem(2, rows=rows, groups=groups, d_in=3, d_out=2)
+  group_ids = rng.integers(-1, groups + 1, rows)
+  group_ids[group_ids == 2] = 1  # Group 2 is empty.
+  routing = grouped.make_routing(jnp.asarray(group_ids), num_groups=groups,
+                                 implementation=implementation)
+  upstream = rng.standard_normal((rows, 2)).astype(np.float32)
 
-  grad_w = jax.grad(lambda w: jnp.sum(routing.apply(jnp.asarray(x), w) *
-                                      upstream))(jnp.asarray(weights))
+  grad_x, grad_w = jax.jit(jax.grad(
+      lambda x, w: jnp.sum(routing.apply(x, w) * upstream),
+      argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(weights))
 
-  expected = np.zeros_like(weights)
+  expected_x = np.zeros((rows, 3))
+  expected_w = np.zeros((groups, 3, 2))
   for n, g in enumerate(group_ids):
-    expected[g] += np.outer(x[n], upstream[n])
-  np.testing.assert_allclose(grad_w, expected, rtol=1e-5, atol=1e-5)
+    if 0 <= g < groups:
+      expected_w[g] += np.outer(x[n], upstream[n])
+      expected_x[n] = weights[g] @ upstream[n]
+  np.testing.assert_allclose(grad_x, expected_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad_w, expected_w, rtol=1e-5, atol=1e-5)
 
 
 def test_make_routing_rejects_2d_ids():

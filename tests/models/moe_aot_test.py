@@ -1,13 +1,12 @@
-"""The expert-parallel train step with `ragged_all_to_all`, compiled for TPU.
+"""Train steps compiled for TPU: `ragged_all_to_all` and the megablox kernels.
 
-XLA:CPU cannot run `jax.lax.ragged_all_to_all`, so this exchange is checked
-by compiling a whole train step ahead of time for a TPU topology with
-`libtpu` (the `[tpu]` extra) on this CPU host. The test skips where `libtpu`
-is not installed.
+XLA:CPU cannot run `jax.lax.ragged_all_to_all`, and the megablox kernels
+are compiled with Mosaic only for TPU, so both are checked by compiling a
+whole train step ahead of time for a TPU topology with `libtpu` (the `[tpu]`
+extra) on this CPU host. The tests skip where `libtpu` is not installed.
 """
 
 import dataclasses
-import os
 
 from flax import nnx
 import jax
@@ -28,31 +27,15 @@ CONFIG = ModelConfig(
     grouped_matmul="ragged_dot")
 
 
-@pytest.fixture(scope="module")
-def tpu_devices():
-  try:
-    import libtpu  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    pytest.skip("libtpu is not installed: install the [tpu] extra "
-                "(pip install -e '.[tpu]') to compile for TPU topologies")
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  # Several test processes may load libtpu at once; none of them runs on a
-  # TPU, so the single-process lock is not needed.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  topology = topologies.get_topology_desc(platform="tpu",
-                                          topology_name="v5e:2x2")
-  return topology.devices
-
-
 def _abstract(tree, shardings):
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       tree, shardings)
 
 
-def test_ragged_exchange_compiles_for_tpu(tpu_devices):
-  mesh = partitioning.make_mesh(data=1, expert=4, devices=tpu_devices)
-  abstract_model = nnx.eval_shape(lambda: SutraModel(CONFIG,
+def _compile_train_step(config, mesh):
+  """Lowers and compiles the train step of `config` on `mesh`, abstractly."""
+  abstract_model = nnx.eval_shape(lambda: SutraModel(config,
                                                      rngs=nnx.Rngs(0)))
   graphdef, param_state = nnx.split(abstract_model, nnx.Param)
   params = nnx.to_pure_dict(param_state)
@@ -77,15 +60,38 @@ def test_ragged_exchange_compiles_for_tpu(tpu_devices):
       graphdef, optimizer, mesh=mesh, state_shardings=shardings,
       batch_sharding=batch_sharding,
       loss_weights=train_step_lib.LossWeights(), num_languages=1)
-
   with jax.set_mesh(mesh):
     lowered = step.lower(state, batch)
-  compiled = lowered.compile()
+  return lowered, lowered.compile()
+
+
+def test_ragged_exchange_compiles_for_tpu(tpu_devices):
+  mesh = partitioning.make_mesh(data=1, expert=4, devices=tpu_devices)
+
+  lowered, compiled = _compile_train_step(CONFIG, mesh)
 
   assert "ragged_all_to_all" in lowered.as_text()
   assert "ragged-all-to-all" in compiled.as_text()
   assert compiled.memory_analysis().argument_size_in_bytes > 0
   assert compiled.cost_analysis()["flops"] > 0
+
+
+def test_megablox_kernels_compile_inside_shard_map(tpu_devices):
+  # Dropless dispatch over 4 data shards and two language groups: both the
+  # experts and the language blocks run their grouped matmuls in
+  # `jax.shard_map`, where the kernels need the nested unchecked region.
+  config = dataclasses.replace(
+      CONFIG, moe_dispatch="dropless", grouped_matmul="megablox",
+      num_encoder_layers=1, num_decoder_layers=1, num_language_groups=2,
+      language_group_ids=(0, 1))
+  mesh = partitioning.make_mesh(data=4, devices=tpu_devices)
+
+  _, compiled = _compile_train_step(config, mesh)
+
+  text = compiled.as_text()
+  assert "jit(gmm)/pallas_call" in text
+  assert "jit(tgmm)/pallas_call" in text
+  assert "ragged-dot" not in text
 
 
 def test_unknown_exchange_is_rejected():

@@ -104,9 +104,11 @@ def _run(module, x, mask, mesh=None):
 @pytest.mark.parametrize("overrides", [
     dict(moe_dispatch="dropless", grouped_matmul="tiled"),
     dict(moe_dispatch="dropless", grouped_matmul="ragged_dot"),
+    dict(moe_dispatch="dropless", grouped_matmul="megablox"),
     # 12 slots per expert hold every copy of the 20 real tokens.
     dict(moe_dispatch="capacity", capacity_factor=4.0),
-], ids=["dropless-tiled", "dropless-ragged", "capacity-no-drops"])
+], ids=["dropless-tiled", "dropless-ragged", "dropless-megablox",
+         "capacity-no-drops"])
 def test_strategy_matches_per_token_loop(params, overrides):
   x, mask = _inputs(0)
 

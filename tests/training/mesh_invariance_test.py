@@ -73,9 +73,13 @@ def _loss_and_grads(config, mesh_shape, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dispatch", ["dropless", "expert_parallel"])
-def test_losses_and_gradients_are_mesh_invariant(dispatch):
-  config = dataclasses.replace(CONFIG, moe_dispatch=dispatch)
+@pytest.mark.parametrize("dispatch,grouped_matmul", [
+    ("dropless", "auto"), ("expert_parallel", "auto"),
+    # The TPU kernels' rule, interpreted, inside shard_map.
+    ("expert_parallel", "megablox")])
+def test_losses_and_gradients_are_mesh_invariant(dispatch, grouped_matmul):
+  config = dataclasses.replace(CONFIG, moe_dispatch=dispatch,
+                               grouped_matmul=grouped_matmul)
   batch = synthetic_batch(0, 8, 16)
   expected_grads, expected = _loss_and_grads(config, None, batch)
 
