@@ -161,6 +161,7 @@ class LanguageStack(nnx.Module):
     self.num_language_groups = config.num_language_groups
     self.remat = config.remat
     self.grouped_matmul = config.grouped_matmul
+    self.activation_dtype = config.activation_dtype
 
   def routing(self, language_ids: jax.Array) -> grouped.GroupRouting:
     """Routes the flattened [B, L] language ids to their groups.
@@ -190,6 +191,10 @@ class LanguageStack(nnx.Module):
     if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
       return self._forward(x, language_ids, segment_ids, positions)
     graphdef, state = nnx.split(self)
+    # Every device gathers all G groups' weights. The grouped matmuls cast
+    # them to the compute dtype anyway, so cast before the gather: it, and
+    # the reduction of their gradients, then move the compute dtype.
+    state = jax.tree.map(self._cast_grouped, state)
 
     def local(state, x, language_ids, segment_ids, positions):
       return nnx.merge(graphdef, state)._forward(x, language_ids,
@@ -200,6 +205,12 @@ class LanguageStack(nnx.Module):
                          in_specs=(P(), rows, rows, rows, rows),
                          out_specs=rows)(state, x, language_ids, segment_ids,
                                          positions)
+
+  def _cast_grouped(self, value: jax.Array) -> jax.Array:
+    """Casts per-group matrices ([G, in, ...]) to the compute dtype."""
+    if value.ndim >= 3 and jnp.issubdtype(value.dtype, jnp.floating):
+      return value.astype(self.activation_dtype)
+    return value
 
   def _forward(self, x, language_ids, segment_ids, positions):
     """Runs the blocks on [B, L, D] with one routing of all B * L rows."""

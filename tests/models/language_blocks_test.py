@@ -3,10 +3,13 @@
 import dataclasses
 
 from flax import nnx
+import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sutra_jax import partitioning
 from sutra_jax.models import language_blocks
 from sutra_jax.models.config import ModelConfig
 
@@ -185,3 +188,46 @@ def test_remat_gives_same_output(make_stack):
 
   np.testing.assert_allclose(_run_stack(remat, x, *args),
                              _run_stack(plain, x, *args), **TOL)
+
+
+def _shard_map_inputs(jaxpr):
+  """Returns the input avals of the first shard_map in `jaxpr`, nested too."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "shard_map":
+      return [v.aval for v in eqn.invars]
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found = _shard_map_inputs(sub)
+      if found:
+        return found
+  return None
+
+
+def test_sharded_stack_gathers_bfloat16_weights(make_stack):
+  # Every device gathers all groups' matrices, so they cross the shard_map
+  # boundary in bfloat16. The norm scales stay float32.
+  config = dataclasses.replace(CONFIG, dtype="bfloat16")
+  stack = make_stack(seed=8, config=config)
+  graphdef, state = nnx.split(stack)
+  x = jnp.asarray(np.random.default_rng(9).standard_normal((8, 4, 16)),
+                  jnp.bfloat16)
+  args = (jnp.asarray(np.arange(32).reshape(8, 4) % 4),
+          jnp.ones((8, 4), jnp.int32), jnp.tile(jnp.arange(4), (8, 1)))
+
+  def apply(state, x, *args):
+    return nnx.merge(graphdef, state)(x, *args)
+
+  with jax.set_mesh(partitioning.make_mesh(data=8)):
+    jaxpr = jax.make_jaxpr(apply)(state, x, *args)
+    sharded = jax.jit(apply)(state, x, *args)
+  unsharded = jax.jit(apply)(state, x, *args)
+
+  inputs = _shard_map_inputs(jaxpr.jaxpr)
+  # The per-group parameters are the inputs whose first axis is the 3 groups.
+  matrices = [a for a in inputs if a.ndim >= 3 and a.shape[0] == 3]
+  norms = [a for a in inputs if a.ndim == 2 and a.shape[0] == 3]
+  assert len(matrices) == 7
+  assert all(a.dtype == jnp.bfloat16 for a in matrices)
+  assert len(norms) == 2
+  assert all(a.dtype == jnp.float32 for a in norms)
+  np.testing.assert_array_equal(np.asarray(sharded, np.float32),
+                                np.asarray(unsharded, np.float32))
