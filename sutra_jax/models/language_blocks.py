@@ -9,8 +9,15 @@ as a batch of one: each token is multiplied only by its own group's weights.
 
 A `LanguageStack` computes the routing of its id stream once per forward
 pass and shares it with all of its blocks.
+
+With a `tensor` mesh axis that divides the heads, the KV heads and the MLP
+width, each block is tensor parallel inside the stack's `jax.shard_map`:
+a device keeps its share of the heads and of the MLP width of every group,
+and the partial outputs of the attention and MLP projections are summed
+over `tensor`.
 """
 
+import functools
 import math
 
 from flax import nnx
@@ -71,7 +78,8 @@ class LanguageBlock(nnx.Module):
     self.dtype = config.activation_dtype
 
   def __call__(self, x: jax.Array, routing: grouped.GroupRouting,
-               segment_ids: jax.Array, positions: jax.Array) -> jax.Array:
+               segment_ids: jax.Array, positions: jax.Array,
+               tensor_axis: str | None = None) -> jax.Array:
     """Applies the block.
 
     Args:
@@ -79,6 +87,8 @@ class LanguageBlock(nnx.Module):
       routing: the routing of the B * L tokens, flattened row-major.
       segment_ids: [B, L], 0 for padding.
       positions: [B, L] rotary positions.
+      tensor_axis: inside `jax.shard_map`, the mesh axis over which this
+        block's heads and MLP width are split, or None.
 
     Returns:
       [B, L, D].
@@ -88,7 +98,7 @@ class LanguageBlock(nnx.Module):
     query, key, value = self.project_qkv(x, routing, batch, length)
     heads = rotary_attention(query, key, value, segment_ids, positions,
                              self.rope_theta, self.query_chunk)
-    return self.add_attention_and_mlp(x, heads, routing).reshape(
+    return self.add_attention_and_mlp(x, heads, routing, tensor_axis).reshape(
         batch, length, d_model)
 
   def _norm(self, x, scale, routing):
@@ -118,19 +128,25 @@ class LanguageBlock(nnx.Module):
             project(self.value[...]))
 
   def add_attention_and_mlp(self, x: jax.Array, heads: jax.Array,
-                            routing: grouped.GroupRouting) -> jax.Array:
+                            routing: grouped.GroupRouting,
+                            tensor_axis: str | None = None) -> jax.Array:
     """Adds the attention output and then the MLP to the flat residual.
 
     Args:
       x: [N, D] residual stream, in the activation dtype.
       heads: [B, L, H, Dh] attention heads of the same N = B * L tokens.
       routing: their routing.
+      tensor_axis: the mesh axis that splits the heads and the MLP width,
+        over which the partial outputs are summed, or None.
 
     Returns:
       The block's output [N, D].
     """
-    x = x + self._project_out(heads, routing)
-    return x + self._mlp(x, routing)
+    def total(partial):
+      return jax.lax.psum(partial, tensor_axis) if tensor_axis else partial
+
+    x = x + total(self._project_out(heads, routing))
+    return x + total(self._mlp(x, routing))
 
   def _project_out(self, heads, routing):
     """Maps heads [B, L, H, Dh] to the flat residual update [N, D]."""
@@ -180,7 +196,8 @@ class LanguageStack(nnx.Module):
     """Maps [B, L, D] to [B, L, D], routing token t by `language_ids[t]`.
 
     With a mesh in context whose axes split the batch, each device routes
-    its own rows inside `jax.shard_map`, with the blocks' weights gathered:
+    its own rows inside `jax.shard_map`, with the blocks' weights gathered
+    (split over `tensor` where that axis divides the heads and MLP width):
     a routing over the global rows would make XLA gather every token onto
     every device.
     """
@@ -191,20 +208,32 @@ class LanguageStack(nnx.Module):
     if not axes or x.shape[0] % math.prod(mesh.shape[a] for a in axes):
       return self._forward(x, language_ids, segment_ids, positions)
     graphdef, state = nnx.split(self)
-    # Every device gathers all G groups' weights. The grouped matmuls cast
-    # them to the compute dtype anyway, so cast before the gather: it, and
-    # the reduction of their gradients, then move the compute dtype.
+    tensor = self._tensor_axis(mesh)
+    weight_specs = jax.tree.map(
+        functools.partial(_weight_spec, tensor_axis=tensor), state,
+        is_leaf=lambda v: isinstance(v, nnx.Variable))
+    # Every device gathers all G groups' weights (its tensor share of them).
+    # The grouped matmuls cast them to the compute dtype anyway, so they are
+    # cast first: the gather and the reduction of their gradients then move
+    # the compute dtype (bfloat16 rather than float32 in the 8x7B runs).
     state = jax.tree.map(self._cast_grouped, state)
 
     def local(state, x, language_ids, segment_ids, positions):
-      return nnx.merge(graphdef, state)._forward(x, language_ids,
-                                                 segment_ids, positions)
+      return nnx.merge(graphdef, state)._forward(
+          x, language_ids, segment_ids, positions, tensor_axis=tensor)
 
     rows = P(axes)
     return jax.shard_map(local, mesh=mesh,
-                         in_specs=(P(), rows, rows, rows, rows),
+                         in_specs=(weight_specs, rows, rows, rows, rows),
                          out_specs=rows)(state, x, language_ids, segment_ids,
                                          positions)
+
+  def _tensor_axis(self, mesh) -> str | None:
+    """Returns 'tensor' if it splits the heads, KV heads and MLP width."""
+    block = self.layers[0]
+    sizes = (block.query.shape[2], block.key.shape[2], block.gate.shape[2])
+    # The axis divides all three exactly when it divides their gcd.
+    return sharding.tensor_axis_for(mesh, math.gcd(*sizes))
 
   def _cast_grouped(self, value: jax.Array) -> jax.Array:
     """Casts per-group matrices ([G, in, ...]) to the compute dtype."""
@@ -212,15 +241,28 @@ class LanguageStack(nnx.Module):
       return value.astype(self.activation_dtype)
     return value
 
-  def _forward(self, x, language_ids, segment_ids, positions):
+  def _forward(self, x, language_ids, segment_ids, positions,
+               tensor_axis=None):
     """Runs the blocks on [B, L, D] with one routing of all B * L rows."""
     routing = self.routing(language_ids)
-    apply_block = remat_layer(_apply_block, self.remat)
+
+    def apply(block, x, routing, segment_ids, positions):
+      return block(x, routing, segment_ids, positions, tensor_axis)
+
+    apply_block = remat_layer(apply, self.remat)
     for layer in self.layers:
       x = constrain(apply_block(layer, x, routing, segment_ids, positions),
                     ACTIVATION)
     return x
 
 
-def _apply_block(block, x, routing, segment_ids, positions):
-  return block(x, routing, segment_ids, positions)
+# Logical axes of the block parameters that tensor parallelism splits.
+_TENSOR_SPLIT = ("heads", "kv_heads", "mlp")
+
+
+def _weight_spec(variable: nnx.Variable, tensor_axis: str | None) -> P:
+  """Returns the shard_map spec of a block parameter: whole but for `tensor`."""
+  names = variable.get_metadata().get("out_sharding") or ()
+  if tensor_axis is None:
+    return P()
+  return P(*(tensor_axis if name in _TENSOR_SPLIT else None for name in names))

@@ -231,3 +231,42 @@ def test_sharded_stack_gathers_bfloat16_weights(make_stack):
   assert all(a.dtype == jnp.float32 for a in norms)
   np.testing.assert_array_equal(np.asarray(sharded, np.float32),
                                 np.asarray(unsharded, np.float32))
+
+
+def _psum_axes(jaxpr):
+  """Returns the mesh axes of every psum in `jaxpr`, nested ones included."""
+  axes = set()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name.startswith("psum"):
+      axes.update(eqn.params["axes"])
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      axes |= _psum_axes(sub)
+  return axes
+
+
+def test_tensor_parallel_stack_matches_unsharded(make_stack):
+  # 4 heads, 2 KV heads and an MLP width of 20 split over tensor = 2.
+  stack = make_stack(seed=10)
+  graphdef, state = nnx.split(stack)
+  x = jnp.asarray(np.random.default_rng(11).standard_normal((4, 4, 16)),
+                  jnp.float32)
+  args = (jnp.asarray(np.arange(16).reshape(4, 4) % 4),
+          jnp.ones((4, 4), jnp.int32), jnp.tile(jnp.arange(4), (4, 1)))
+
+  upstream = jnp.asarray(
+      np.random.default_rng(12).standard_normal((4, 4, 16)), jnp.float32)
+
+  def loss(state, x, *args):
+    return jnp.sum(nnx.merge(graphdef, state)(x, *args) * upstream)
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  with jax.set_mesh(partitioning.make_mesh(data=4, tensor=2)):
+    jaxpr = jax.make_jaxpr(grad)(state, x, *args)
+    sharded_loss, sharded_grads = grad(state, x, *args)
+  unsharded_loss, unsharded_grads = grad(state, x, *args)
+
+  assert "tensor" in _psum_axes(jaxpr.jaxpr)
+  np.testing.assert_allclose(sharded_loss, unsharded_loss, **TOL)
+  for got, want in zip(jax.tree.leaves(sharded_grads),
+                       jax.tree.leaves(unsharded_grads)):
+    np.testing.assert_allclose(got, want, **TOL)
