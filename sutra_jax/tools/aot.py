@@ -20,7 +20,7 @@ import importlib.util
 import math
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from sutra_jax.errors import ConfigError
 
@@ -365,9 +365,9 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
                                                 vocab_from_mixture=False)
   if model_config.grouped_matmul == "auto":
     # 'auto' asks the local backend, which is the CPU here; the program is
-    # for TPUs, where 'auto' means ragged_dot.
+    # for TPUs, where 'auto' means megablox.
     model_config = dataclasses.replace(model_config,
-                                       grouped_matmul="ragged_dot")
+                                       grouped_matmul="megablox")
   devices = topology_devices(topology, num_slices)
   mesh = distributed.make_mesh(devices=devices)
   devices_per_chip = len(devices) // (topology.num_chips * num_slices)
@@ -393,13 +393,17 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
     return {**header, **out_of_memory_report(
         str(e), chip=topology.chip, devices_per_chip=devices_per_chip)}
   cost = cost_summary(compiled.cost_analysis())
+  # Setups of the same step with 0 and 1 unrolled core layers, whose costs
+  # correct XLA's count of the scanned layers (`_scanned_layers_cost`).
+  references = []
   if model_config.scan_core_layers and model_config.num_core_layers > 1:
+    references = [trainer.compile_train_step(
+        phase, dataclasses.replace(model_config, num_core_layers=n,
+                                   scan_core_layers=False),
+        mesh, table) for n in (0, 1)]
     cost = _scanned_layers_cost(
         cost, model_config.num_core_layers,
-        *(cost_summary(trainer.compile_train_step(
-            phase, dataclasses.replace(model_config, num_core_layers=n,
-                                       scan_core_layers=False),
-            mesh, table)[1].cost_analysis()) for n in (0, 1)))
+        *(cost_summary(c.cost_analysis()) for _, c in references))
     header["cost_source"] = ("XLA, core layer loop counted num_core_layers "
                              "times from 0- and 1-layer compiles")
   report = step_report(
@@ -413,7 +417,8 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
   if decode and report["fits"]:
     batch = decode_batch_size or phase.batch_size
     report["decode"] = _decode_report(
-        setup, topology, len(devices), devices_per_chip, batch,
+        setup, [s for s, _ in references], model_config.num_core_layers,
+        topology, len(devices), devices_per_chip, batch,
         phase.sequence_length,
         # Forward only: a third of the training FLOPs of the buffer.
         model_flops=batch * phase.sequence_length * flops.flops_per_token(
@@ -421,15 +426,8 @@ def compile_report(topology: Topology, *, num_slices: int = 1,
   return report
 
 
-def _decode_report(setup, topology: Topology, num_devices: int,
-                   devices_per_chip: int, batch_size: int, length: int,
-                   model_flops: float) -> dict[str, Any]:
-  """Compiles one decode step and reports it like the train step.
-
-  NOTE: decoding recomputes the forward pass over the whole buffer at each
-  token (`sutra_jax.inference.generate`), so this step is a forward pass of
-  [batch_size, length] tokens; with a KV cache it would be one position.
-  """
+def _compile_decode(setup, batch_size: int, length: int):
+  """Compiles one decode step of `setup`'s model: [batch_size, length]."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -453,10 +451,40 @@ def _decode_report(setup, topology: Topology, num_devices: int,
   step = jax.jit(decode_step,
                  out_shardings=NamedSharding(setup.mesh, PartitionSpec()))
   with jax.set_mesh(setup.mesh):
-    compiled = step.lower(setup.abstract_state.params, batch).compile()
+    return step.lower(setup.abstract_state.params, batch).compile()
+
+
+def _decode_report(setup, references: Sequence, num_core_layers: int,
+                   topology: Topology, num_devices: int,
+                   devices_per_chip: int, batch_size: int, length: int,
+                   model_flops: float) -> dict[str, Any]:
+  """Compiles one decode step and reports it like the train step.
+
+  With `references`, the setups of the model with 0 and 1 unrolled core
+  layers, the scanned core's cost is corrected as for the train step.
+
+  NOTE: the step compiled here is the forward pass over a whole
+  [batch_size, length] buffer, which is what a prefill of that buffer
+  costs. The generation loop (`sutra_jax.inference.decoding`) then runs
+  one-token steps against a KV cache, and that step is not compiled here.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    compiled = _compile_decode(setup, batch_size, length)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return out_of_memory_report(str(e), chip=topology.chip,
+                                devices_per_chip=devices_per_chip)
+  cost = cost_summary(compiled.cost_analysis())
+  if references:
+    cost = _scanned_layers_cost(
+        cost, num_core_layers,
+        *(cost_summary(_compile_decode(reference, batch_size,
+                                       length).cost_analysis())
+          for reference in references))
   return step_report(
       chip=topology.chip, num_devices=num_devices,
       devices_per_chip=devices_per_chip,
       memory=memory_summary(compiled.memory_analysis()),
-      cost=cost_summary(compiled.cost_analysis()),
-      tokens_per_step=batch_size, model_flops_per_step=model_flops)
+      cost=cost, tokens_per_step=batch_size, model_flops_per_step=model_flops)
