@@ -202,11 +202,14 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
   Full attention keeps [B, H, L, L] scores, and their gradient, for a whole
   layer: at L = 4096 that is 64 MiB per row and head in float32. Here the
-  queries run in blocks of `query_chunk` rows in a loop, and each block is
-  recomputed in the backward pass, so only one block's [B, H, C, L] scores
-  are alive at a time. Every query still attends to all keys, so the result
-  is that of full attention. The last block is padded when C does not
-  divide L.
+  queries run in blocks of `query_chunk` rows, and each block is recomputed
+  in the backward pass, so a block's [B, H, C, L] scores live only while it
+  runs. Every query still attends to all keys, so the result is that of
+  full attention. The last block is padded when C does not divide L.
+
+  The blocks are an unrolled `lax.scan`: XLA's cost analysis counts the
+  body of a loop once, and unrolled every block is counted. On the 8x7B
+  v5p step the unrolled blocks used no more memory than the loop did.
 
   Args:
     query: [B, L, H, Dh].
@@ -236,7 +239,9 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                        segment_ids)
     return dot_product_attention(block_query, key, value, mask)
 
-  out = jax.lax.map(jax.checkpoint(attend_block, prevent_cse=False), blocks)
+  attend_block = jax.checkpoint(attend_block, prevent_cse=False)
+  _, out = jax.lax.scan(lambda carry, block: (carry, attend_block(block)),
+                        None, blocks, unroll=True)
   out = out.swapaxes(0, 1).reshape(batch, num_blocks * query_chunk, num_heads,
                                    head_dim)
   return out[:, :length]
