@@ -88,8 +88,10 @@ class ModelConfig:
       queries at once. Long sequences need it, because full attention keeps
       [B, H, L, L] float32 scores per layer.
     grouped_matmul: implementation of the grouped matmuls of the language
-      blocks and experts: 'ragged_dot', 'tiled', or 'auto' (tiled on CPU,
-      where jax 0.10.2 lowers ragged_dot to one dense matmul per group).
+      blocks and experts: 'ragged_dot', 'megablox', 'tiled', or 'auto'.
+      'auto' picks tiled on CPU, where jax 0.10.2 lowers ragged_dot to one
+      dense matmul per group, megablox on TPU, where ragged_dot's weight
+      gradient costs one dense matmul per group, and ragged_dot elsewhere.
   """
 
   vocab_size: int
