@@ -37,12 +37,12 @@ _kernels = importlib.import_module(
 # its group's whole [in, out] weights, so tall tiles keep that traffic low.
 # A tile that straddles a group boundary is computed once per group.
 _TILE = (512, 1024, 1024)
-# Row tiles are a multiple of 128 rows, the TPU's matmul width.
+# Rows are padded to a multiple of 128 when they fit in one tile.
 _ROW_ALIGN = 128
 
 
 def _tiling(rows: int, contracted: int, out: int) -> tuple[int, int, int]:
-  """Clamps `_TILE` to the problem; `rows` is already a multiple of 128."""
+  """Clamps `_TILE` to the problem, whose `rows` are already padded."""
   return (min(_TILE[0], rows), min(_TILE[1], contracted), min(_TILE[2], out))
 
 

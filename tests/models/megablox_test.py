@@ -34,7 +34,7 @@ def test_weight_gradient_costs_one_product_on_tpu(tpu_devices):
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile()
 
   # The forward product, the row gradient and the weight gradient each cost
-  # 2 * ROWS * IN * OUT, whatever the number of groups; the rest is
+  # 2 * ROWS * IN * OUT, whatever the number of groups. The rest is
   # elementwise work of order ROWS * OUT.
   product = 2 * ROWS * IN * OUT
   np.testing.assert_allclose(_flops(compiled) / product, 3.0, rtol=0.01)
